@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .config import ConfigError, ModelConfig
+from .errors import DDUNetError
 from .model import DDUNet
 
 FORMAT_NAME = "napari-ddunet-checkpoint"
@@ -36,7 +37,7 @@ DEFAULT_COLORS: tuple[tuple[float, float, float, float], ...] = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DDUNetError):
     """A checkpoint that cannot be used; the message is one line meant for the user."""
 
 

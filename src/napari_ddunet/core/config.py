@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .errors import DDUNetError
+
 ENCODERS = ("unet", "resnet18")
 
 #: ResNet-18 trunk: stem + layer1..layer3 halve the resolution four times and end at 256 channels.
@@ -12,7 +14,7 @@ RESNET18_DEPTH = 4
 RESNET18_BOTTLENECK_CHANNELS = 256
 
 
-class ConfigError(ValueError):
+class ConfigError(DDUNetError):
     """An impossible model configuration; the message says what to change."""
 
 

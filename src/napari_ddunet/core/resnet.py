@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .blocks import DoubleConv, Up
+from .errors import DDUNetError
 
 TRUNK_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
 
@@ -103,7 +104,7 @@ class ResNet18Decoder(nn.Module):
         return self.outc(self.conv(self.up4(x)))
 
 
-class PretrainedWeightsError(ValueError):
+class PretrainedWeightsError(DDUNetError):
     """A pretrained ResNet-18 file that cannot initialise the trunk."""
 
 
