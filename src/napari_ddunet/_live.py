@@ -1,0 +1,133 @@
+"""Helpers that turn engine outputs into napari layer arguments (no Qt widgets here).
+
+Labels are shown straight from the engine's output array, never copied, so a layer.refresh()
+shows whatever subdomains the engine has written so far. Zarr arrays are wrapped without dask:
+dask's cache would keep serving the chunks read before they were written.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+#: Above this many pixels on a side, the live labels get a strided multiscale view for zooming out.
+PYRAMID_SIDE = 8192
+
+
+class StridedView:
+    """Every ``step``-th pixel of a 2D array, read lazily: a cheap pyramid level for live display."""
+
+    def __init__(self, base: Any, step: int) -> None:
+        self.base = base
+        self.step = step
+        self.shape = tuple(math.ceil(s / step) for s in base.shape)
+        self.dtype = np.dtype(base.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        full = []
+        for k, size in zip(key, self.shape, strict=True):
+            if isinstance(k, slice):
+                start, stop, stride = k.indices(size)
+                full.append(slice(start * self.step, stop * self.step, stride * self.step))
+            else:
+                full.append(int(k) * self.step)
+        return np.asarray(self.base[tuple(full)])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        data = self[(slice(None),) * self.ndim]
+        return data if dtype is None else data.astype(dtype)
+
+
+def _store_levels(output: str | None) -> list[Any] | None:
+    """The labels pyramid written by the engine (``labels/0, 1, ...``), or None."""
+    if not output:
+        return None
+    import zarr
+
+    try:
+        group = zarr.open_group(output, mode="r")["labels"]
+    except (KeyError, FileNotFoundError, ValueError, TypeError):
+        return None
+    if not isinstance(group, zarr.Group):
+        return None
+    keys = sorted((k for k in group.array_keys() if k.isdigit()), key=int)
+    return [group[k] for k in keys] or None
+
+
+def labels_layer_data(labels: Any, output: str | None = None) -> tuple[Any, bool]:
+    """(data, multiscale) for ``viewer.add_labels``: the store's pyramid when it has one, else the
+    array itself, with strided views added when it is too big to show whole."""
+    levels = _store_levels(output)
+    if levels is not None and len(levels) > 1:
+        return levels, True
+    if labels.ndim == 2 and max(labels.shape) > PYRAMID_SIDE:
+        steps = [2**k for k in range(1, 16) if max(labels.shape) / 2**k >= 1024]
+        return [labels, *(StridedView(labels, s) for s in steps)], True
+    return labels, False
+
+
+def label_colormap(class_colors) -> Any:
+    """The checkpoint's class colours as a napari DirectLabelColormap (unknown values transparent)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    mapping: dict[int | None, Any] = {None: np.zeros(4)}
+    mapping.update({i: np.asarray(c, dtype=float) for i, c in enumerate(class_colors)})
+    return DirectLabelColormap(color_dict=mapping)
+
+
+def feature_layer_kwargs(
+    maps: Any,
+    *,
+    downsampling: int,
+    image_scale: np.ndarray,
+    image_translate: np.ndarray,
+    offset: tuple[int, int] = (0, 0),
+) -> dict[str, Any]:
+    """Scale/translate that put bottleneck pixel (i, j) over the centre of its image block.
+
+    Bottleneck pixel i covers image pixels i*s .. i*s + s - 1 (s = 2**depth), whose centre is
+    i*s + (s - 1)/2; napari places data pixel i at translate + i*scale, hence these values.
+    ``offset`` is the image pixel where the mosaic starts (a region run's first subdomain).
+    """
+    s = float(downsampling)
+    scale = np.asarray(image_scale, dtype=float) * s
+    centre = (s - 1) / 2
+    translate = np.asarray(image_translate, dtype=float) + (np.asarray(offset, dtype=float) + centre) * np.asarray(
+        image_scale, dtype=float
+    )
+    sample = np.asarray(maps[:, :: max(1, maps.shape[-2] // 256), :: max(1, maps.shape[-1] // 256)])
+    low, high = float(np.nanmin(sample)), float(np.nanmax(sample))
+    return {
+        "scale": (1.0, *scale),
+        "translate": (0.0, *translate),
+        "colormap": "magma",
+        "contrast_limits": (low, high if high > low else low + 1.0),
+        "blending": "additive",
+        "opacity": 0.8,
+    }
+
+
+def visible_region(viewer, layer, yx: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1) image pixels of ``layer`` visible in the canvas, or None if all of it is."""
+    zoom = float(viewer.camera.zoom)
+    centre = np.asarray(viewer.camera.center, dtype=float)[-2:]
+    half = np.asarray(viewer.canvas.size, dtype=float) / (2 * zoom)
+    world_lo, world_hi = centre - half, centre + half
+    scale = np.asarray(layer.scale, dtype=float)[list(yx)]
+    translate = np.asarray(layer.translate, dtype=float)[list(yx)]
+    lo = (world_lo - translate) / scale
+    hi = (world_hi - translate) / scale
+    shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+    height, width = shape[yx[0]], shape[yx[1]]
+    y0, x0 = max(0, math.floor(lo[0] + 0.5)), max(0, math.floor(lo[1] + 0.5))
+    y1, x1 = min(height, math.ceil(hi[0] + 0.5)), min(width, math.ceil(hi[1] + 0.5))
+    if y0 >= y1 or x0 >= x1:
+        return None
+    if (y0, y1, x0, x1) == (0, height, 0, width):
+        return None
+    return y0, y1, x0, x1
