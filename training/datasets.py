@@ -1,0 +1,405 @@
+"""Datasets for ``python -m training.train``: synthetic, image/mask folders, zarr pairs, Blue Marble.
+
+Every dataset yields ``(image, mask)``: image a float32 (C, H, W) tensor of raw values (the
+global normalisation is applied by the trainer, with statistics computed once from the
+training split and stored in the checkpoint), mask an int64 (H, W) tensor of class labels.
+A sample always covers a whole grid of subdomains: ``crop = (rows * h, cols * w)``.
+
+Randomness (crop positions, flips, rot90, synthetic images) comes from numpy generators
+seeded by (seed, epoch, index), never from global state, so a run is reproducible and a
+resumed run sees exactly the samples an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from napari_ddunet.core import synthetic
+from napari_ddunet.core.errors import DDUNetError
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+_SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+
+
+class DatasetError(DDUNetError):
+    """A dataset that cannot be used for training; the message says what is wrong."""
+
+
+@dataclass
+class TaskData:
+    """The three splits plus what the checkpoint must record about them."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    in_channels: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    class_colors: tuple[tuple[float, float, float, float], ...] | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop: tuple[int, int]
+
+
+def set_epoch(dataset: Dataset, epoch: int) -> None:
+    """Tell a dataset which epoch it serves (changes random crops and flips, nothing else)."""
+    if hasattr(dataset, "epoch"):
+        dataset.epoch = epoch
+
+
+# -- synthetic -------------------------------------------------------------------------------
+
+
+class SyntheticDataset(Dataset):
+    """``length`` images of the two-circles task, item i drawn from the seed (seed, split, i)."""
+
+    def __init__(self, length: int, grid: tuple[int, int], subdomain: tuple[int, int], seed: int, split: str) -> None:
+        self.length = length
+        self.grid = grid
+        self.subdomain = subdomain
+        self.seed = seed
+        self.code = _SPLIT_CODE[split]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        image, mask = synthetic.synthetic_grid(
+            self.grid[0], self.grid[1], self.subdomain, seed=[self.seed, self.code, index]
+        )
+        return torch.from_numpy(image)[None], torch.from_numpy(mask.astype(np.int64))
+
+
+def synthetic_task(
+    grid: tuple[int, int], subdomain: tuple[int, int], seed: int, sizes: Sequence[int] = (4000, 1000, 1000)
+) -> TaskData:
+    """The paper's task; normalisation statistics from the first (up to) 512 training images."""
+    try:
+        synthetic.synthetic_grid(grid[0], grid[1], subdomain, seed=0)
+    except synthetic.SyntheticError as error:
+        raise DatasetError(f"synthetic task: {error}") from None
+    train, val, test = (SyntheticDataset(n, grid, subdomain, seed, s) for n, s in zip(sizes, SPLITS, strict=True))
+    sample = np.stack([train[i][0].numpy() for i in range(min(len(train), 512))])
+    return TaskData(
+        train, val, test, 1, 3, synthetic.CLASS_NAMES, synthetic.CLASS_COLORS,
+        (float(sample.mean()),), (float(sample.std()),),
+        (grid[0] * subdomain[0], grid[1] * subdomain[1]),
+    )
+
+
+# -- crops of large images -------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """One image/mask pair; ``image`` is (H, W, C), both sliceable lazily (numpy or zarr)."""
+
+    name: str
+    image: object
+    mask: object
+    columns: tuple[int, int] | None = None  # restrict crops to these columns (Blue Marble regions)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.mask.shape[:2])
+
+    @property
+    def extent(self) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) of the region crops may come from."""
+        height, width = self.shape
+        left, right = self.columns or (0, width)
+        return 0, height, left, right
+
+
+class CropDataset(Dataset):
+    """Whole-grid crops of large images.
+
+    Training: ``samples`` random crops per epoch with optional flips and rot90 (rot90 only
+    for square crops, so the subdomain grid keeps its shape). Evaluation: the non-overlapping
+    crops tiling every source region, fixed.
+    """
+
+    def __init__(
+        self,
+        sources: list[Source],
+        crop: tuple[int, int],
+        train: bool,
+        seed: int,
+        samples: int | None = None,
+        augment: bool = True,
+    ) -> None:
+        self.sources = sources
+        self.crop = crop
+        self.train = train
+        self.seed = seed
+        self.augment = augment and train
+        self.epoch = 0
+        ch, cw = crop
+        self.tiles: list[tuple[int, int, int]] = []
+        for k, source in enumerate(sources):
+            top, bottom, left, right = source.extent
+            if bottom - top < ch or right - left < cw:
+                raise DatasetError(
+                    f"{source.name}: region of {bottom - top}x{right - left} px is smaller than the "
+                    f"{ch}x{cw} crop (grid x subdomain size); use a smaller --grid or --subdomain-size"
+                )
+            for y in range(top, bottom - ch + 1, ch):
+                for x in range(left, right - cw + 1, cw):
+                    self.tiles.append((k, y, x))
+        areas = np.array([(s.extent[1] - s.extent[0]) * (s.extent[3] - s.extent[2]) for s in sources], float)
+        self.weights = areas / areas.sum()
+        self.samples = samples if samples is not None else len(self.tiles)
+
+    def __len__(self) -> int:
+        return self.samples if self.train else len(self.tiles)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        ch, cw = self.crop
+        rng = None
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            k = int(rng.choice(len(self.sources), p=self.weights))
+            top, bottom, left, right = self.sources[k].extent
+            y = int(rng.integers(top, bottom - ch + 1))
+            x = int(rng.integers(left, right - cw + 1))
+        else:
+            k, y, x = self.tiles[index]
+        source = self.sources[k]
+        image = np.asarray(source.image[y:y + ch, x:x + cw], dtype=np.float32)
+        mask = np.asarray(source.mask[y:y + ch, x:x + cw]).astype(np.int64)
+        if self.augment:
+            if rng.random() < 0.5:
+                image, mask = image[:, ::-1], mask[:, ::-1]
+            if rng.random() < 0.5:
+                image, mask = image[::-1], mask[::-1]
+            if ch == cw:
+                turns = int(rng.integers(4))
+                image, mask = np.rot90(image, turns), np.rot90(mask, turns)
+        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return image, torch.from_numpy(np.ascontiguousarray(mask))
+
+
+def _channels_last(array: np.ndarray, name: str) -> np.ndarray:
+    if array.ndim == 2:
+        return array[..., None]
+    if array.ndim == 3 and array.shape[-1] <= 4:
+        return array
+    if array.ndim == 3 and array.shape[0] <= 4:
+        return np.moveaxis(array, 0, -1)
+    raise DatasetError(f"{name}: expected a (H, W), (H, W, C) or (C, H, W) image, got shape {array.shape}")
+
+
+def _read_image_file(path: Path) -> np.ndarray:
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except Exception as error:
+        raise DatasetError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+
+
+class _LazyChannelsLast:
+    """A zarr array viewed as (H, W, C), read only where sliced."""
+
+    def __init__(self, array, name: str) -> None:
+        self.array = array
+        shape = tuple(array.shape)
+        if len(shape) == 2:
+            self.layout = "hw"
+        elif len(shape) == 3 and shape[-1] <= 4:
+            self.layout = "hwc"
+        elif len(shape) == 3 and shape[0] <= 4:
+            self.layout = "chw"
+        else:
+            raise DatasetError(f"{name}: expected a (H, W), (H, W, C) or (C, H, W) array, got shape {shape}")
+        self.shape = shape[1:] + shape[:1] if self.layout == "chw" else shape
+
+    def __getitem__(self, key):
+        rows, cols = key
+        if self.layout == "chw":
+            return np.moveaxis(np.asarray(self.array[:, rows, cols]), 0, -1)
+        block = np.asarray(self.array[rows, cols])
+        return block[..., None] if self.layout == "hw" else block
+
+
+def _open_zarr(path: Path):
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as error:
+        raise DatasetError(f"cannot open zarr store {path}: {str(error).splitlines()[0]}") from None
+    if isinstance(node, zarr.Group):
+        for key in ("0", "image", "mask", "labels"):
+            if key in node and isinstance(node[key], zarr.Array):
+                return node[key]
+        raise DatasetError(f"{path} is a zarr group without an array '0', 'image' or 'mask'")
+    return node
+
+
+def _pairs(directory: Path, kind: str) -> list[tuple[Path, Path]]:
+    """(image, mask) paths matched by file stem in ``directory/images`` and ``directory/masks``."""
+    images_dir, masks_dir = directory / "images", directory / "masks"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise DatasetError(f"{directory} needs 'images' and 'masks' subfolders")
+    if kind == "zarr":
+        def pick(d: Path) -> dict[str, Path]:
+            return {p.stem: p for p in sorted(d.iterdir()) if p.suffix == ".zarr"}
+    else:
+        def pick(d: Path) -> dict[str, Path]:
+            return {p.stem: p for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    images, masks = pick(images_dir), pick(masks_dir)
+    missing = sorted(set(images) - set(masks))
+    if missing:
+        raise DatasetError(f"{directory}: image {missing[0]!r} has no mask of the same name in masks/")
+    if not images:
+        suffixes = ".zarr" if kind == "zarr" else "/".join(IMAGE_SUFFIXES)
+        raise DatasetError(f"{images_dir} holds no {suffixes} images")
+    return [(images[k], masks[k]) for k in sorted(images)]
+
+
+def _load_sources(pairs: list[tuple[Path, Path]], kind: str) -> list[Source]:
+    sources = []
+    for image_path, mask_path in pairs:
+        if kind == "zarr":
+            image = _LazyChannelsLast(_open_zarr(image_path), str(image_path))
+            raw_mask = _open_zarr(mask_path)
+            if raw_mask.ndim != 2:
+                raise DatasetError(f"{mask_path}: masks must be 2-D label arrays, got shape {raw_mask.shape}")
+            mask = raw_mask
+        else:
+            image = _channels_last(_read_image_file(image_path), str(image_path))
+            mask = _read_image_file(mask_path)
+            if mask.ndim != 2:
+                raise DatasetError(f"{mask_path}: masks must be 2-D label images, got shape {mask.shape}")
+        if tuple(image.shape[:2]) != tuple(mask.shape):
+            raise DatasetError(
+                f"{image_path.name}: image is {tuple(image.shape[:2])} but its mask is {tuple(mask.shape)}"
+            )
+        if not np.issubdtype(np.dtype(mask.dtype), np.integer):
+            raise DatasetError(f"{mask_path}: masks must hold integer class labels, got {mask.dtype}")
+        sources.append(Source(image_path.stem, image, mask))
+    return sources
+
+
+def _mask_max(source: Source) -> int:
+    mask = source.mask
+    if isinstance(mask, np.ndarray):
+        return int(mask.max())
+    import dask.array as da
+
+    return int(da.from_zarr(mask).max().compute())
+
+
+def _statistics(sources: list[Source], max_pixels: int = 4_000_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std over the training regions (strided when they are large)."""
+    total = sum((s.extent[1] - s.extent[0]) * (s.extent[3] - s.extent[2]) for s in sources)
+    stride = max(1, int(np.ceil(np.sqrt(total / max_pixels))))
+    count, s1, s2 = 0, 0.0, 0.0
+    for source in sources:
+        top, bottom, left, right = source.extent
+        block = np.asarray(source.image[top:bottom:stride, left:right:stride], dtype=np.float64)
+        block = block.reshape(-1, block.shape[-1])
+        count += block.shape[0]
+        s1 = s1 + block.sum(axis=0)
+        s2 = s2 + (block * block).sum(axis=0)
+    mean = s1 / count
+    std = np.sqrt(np.maximum(s2 / count - mean * mean, 0.0))
+    std = np.where(std > 0, std, 1.0)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _split_pairs(pairs: list, seed: int) -> dict[str, list]:
+    """80/10/10 split by a seeded permutation; fewer than 3 pairs are reused for val and test."""
+    if len(pairs) < 3:
+        return {"train": pairs, "val": pairs, "test": pairs}
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = max(1, round(0.1 * len(pairs)))
+    n_test = max(1, round(0.1 * len(pairs)))
+    val = [pairs[i] for i in order[:n_val]]
+    test = [pairs[i] for i in order[n_val:n_val + n_test]]
+    train = [pairs[i] for i in order[n_val + n_test:]]
+    return {"train": train, "val": val, "test": test}
+
+
+def pairs_task(
+    root: str | Path,
+    kind: str,
+    crop: tuple[int, int],
+    seed: int,
+    augment: bool = True,
+    samples: int | None = None,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> TaskData:
+    """Image/mask pairs (``kind`` 'folder' for PNG/TIFF, 'zarr' for zarr stores).
+
+    ``root`` holds ``images/`` and ``masks/`` (split 80/10/10 by the seed) or ``train/``,
+    ``val/`` and ``test/`` folders that each hold them.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"--data {root}: not a directory")
+    if all((root / s).is_dir() for s in SPLITS):
+        split = {s: _pairs(root / s, kind) for s in SPLITS}
+    else:
+        split = _split_pairs(_pairs(root, kind), seed)
+    sources = {s: _load_sources(p, kind) for s, p in split.items()}
+    channels = {int(src.image.shape[2]) for group in sources.values() for src in group}
+    if len(channels) != 1:
+        raise DatasetError(f"{root}: images have different channel counts {sorted(channels)}")
+    found = max(_mask_max(src) for group in sources.values() for src in group) + 1
+    if num_classes is None:
+        num_classes = max(found, 2)
+    elif found > num_classes:
+        raise DatasetError(f"{root}: masks hold label {found - 1} but --num-classes is {num_classes}")
+    names = tuple(class_names) if class_names else ("background", *(f"class {i}" for i in range(1, num_classes)))
+    if len(names) != num_classes:
+        raise DatasetError(f"{len(names)} class names for {num_classes} classes")
+    mean, std = _statistics(sources["train"])
+    return TaskData(
+        CropDataset(sources["train"], crop, True, seed, samples, augment),
+        CropDataset(sources["val"], crop, False, seed),
+        CropDataset(sources["test"], crop, False, seed),
+        channels.pop(), num_classes, names, None, mean, std, crop,
+    )
+
+
+def bluemarble_task(
+    crop: tuple[int, int], seed: int, augment: bool = True, samples: int | None = None
+) -> TaskData:
+    """Blue Marble land/ocean/lake: two longitude bands held out for validation and test."""
+    from napari_ddunet.core import bluemarble
+
+    try:
+        image, mask = bluemarble.load_task()
+    except bluemarble.BlueMarbleError as error:
+        raise DatasetError(str(error)) from None
+    regions = bluemarble.split_regions(image.shape[1])
+    sources = {
+        split: [Source(f"bluemarble {split} {a}-{b}", image, mask, (a, b)) for a, b in ranges]
+        for split, ranges in regions.items()
+    }
+    mean, std = _statistics(sources["train"])
+    return TaskData(
+        CropDataset(sources["train"], crop, True, seed, samples, augment),
+        CropDataset(sources["val"], crop, False, seed),
+        CropDataset(sources["test"], crop, False, seed),
+        3, 3, bluemarble.CLASS_NAMES, bluemarble.CLASS_COLORS, mean, std, crop,
+    )

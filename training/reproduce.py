@@ -1,0 +1,140 @@
+"""Reproduce thesis Table 7.4: U-Net(3), DDU-Net(3,16,Y) and DDU-Net(3,16,N) on the 2-subdomain task.
+
+``python -m training.reproduce synthetic [--quick] [--output DIR] [--export sample_data/models]``
+
+Each model is trained by ``python -m training.train`` in its own process (one CPU thread each,
+run side by side unless ``--sequential``); the table of line-class metrics is printed next to
+the thesis numbers and written to OUTPUT/table.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: Thesis Table 7.4 (2-subdomain synthetic task): "mean IoU", precision, recall, accuracy for the
+#: line class. The first column cannot be the line IoU (IoU <= min(precision, recall)); it matches
+#: a mean over classes, so we print both our mIoU and our line IoU next to it.
+PAPER = {
+    "DDU-Net(3,16,Y)": (0.952, 0.908, 0.942, 0.996),
+    "DDU-Net(3,16,N)": (0.692, 0.190, 0.371, 0.939),
+    "U-Net(3)": (0.973, 0.958, 0.961, 0.998),
+}
+MODELS = {
+    "DDU-Net(3,16,Y)": ("synthetic_ddunet_Y", []),
+    "DDU-Net(3,16,N)": ("synthetic_ddunet_N", ["--no-communication"]),
+    "U-Net(3)": ("synthetic_unet", ["--baseline"]),
+}
+FULL = {"train": 4000, "val": 1000, "test": 1000, "epochs": 40, "min_epochs": 20}
+QUICK = {"train": 600, "val": 200, "test": 200, "epochs": 6, "min_epochs": 6}
+
+
+def commands(output: Path, seed: int, sizes: dict[str, int], threads: int) -> dict[str, list[str]]:
+    """The exact ``training.train`` command line of every model."""
+    common = [
+        "--dataset", "synthetic", "--subdomains", "2", "--subdomain-size", "32", "32",
+        "--depth", "3", "--base-channels", "4", "--comm-features", "16",
+        "--train-size", str(sizes["train"]), "--val-size", str(sizes["val"]), "--test-size", str(sizes["test"]),
+        "--epochs", str(sizes["epochs"]), "--min-epochs", str(sizes["min_epochs"]),
+        "--seed", str(seed), "--threads", str(threads),
+    ]
+    return {
+        name: [sys.executable, "-m", "training.train", *common, *extra, "--output", str(output / stem)]
+        for name, (stem, extra) in MODELS.items()
+    }
+
+
+def run_all(cmds: dict[str, list[str]], output: Path, sequential: bool) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    procs = {}
+    for name, cmd in cmds.items():
+        log = (output / f"{MODELS[name][0]}.log").open("w")
+        print(f"[{name}] {shlex.join(cmd[1:])}", flush=True)
+        procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+        if sequential:
+            procs[name][0].wait()
+    failed = []
+    for name, (proc, log) in procs.items():
+        if proc.wait() != 0:
+            failed.append(name)
+        log.close()
+    if failed:
+        raise SystemExit(f"training failed for {', '.join(failed)}; see the logs in {output}")
+
+
+def table(output: Path) -> tuple[str, dict[str, dict]]:
+    results = {}
+    for name, (stem, _) in MODELS.items():
+        results[name] = json.loads((output / stem / "summary.json").read_text())
+    lines = [
+        "| model | mIoU | line IoU | line precision | line recall | line accuracy | epochs "
+        "| thesis: mean IoU | precision | recall | accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("DDU-Net(3,16,Y)", "DDU-Net(3,16,N)", "U-Net(3)"):
+        r = results[name]
+        ours = [r["test_miou"], r["test_iou/line"], r["test_precision/line"], r["test_recall/line"],
+                r["test_accuracy/line"]]
+        paper = PAPER[name]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in ours) + f" | {r['best_epoch']} | "
+                     + " | ".join(f"{v:.3f}" for v in paper) + " |")
+    return "\n".join(lines), results
+
+
+def export(results: dict[str, dict], output: Path, target: Path, cmds: dict[str, list[str]]) -> None:
+    """Copy the best checkpoints into ``target`` (if each is under 1 MB) and write RECIPES.md."""
+    target.mkdir(parents=True, exist_ok=True)
+    lines = ["# Synthetic demo checkpoints", "",
+             "Trained on the paper's 2-subdomain two-circles task (thesis 5.3, Table 7.4) by",
+             "`python -m training.reproduce synthetic --export sample_data/models`, which runs:", ""]
+    for name, (stem, _) in MODELS.items():
+        source = output / stem / "best.pt"
+        if source.stat().st_size >= 1_000_000:
+            print(f"not exporting {source}: {source.stat().st_size} bytes", file=sys.stderr)
+            continue
+        shutil.copyfile(source, target / f"{stem}.pt")
+        r = results[name]
+        cmd = [c for c in cmds[name][1:]]
+        cmd[cmd.index("--output") + 1] = f"runs/{stem}"
+        lines += [f"## {stem}.pt: {name}", "", "```", "python " + shlex.join(cmd), "```", "",
+                  f"Best epoch {r['best_epoch']}; test set: mIoU {r['test_miou']:.3f}, line IoU "
+                  f"{r['test_iou/line']:.3f}, line precision {r['test_precision/line']:.3f}, line recall "
+                  f"{r['test_recall/line']:.3f}, line accuracy {r['test_accuracy/line']:.3f}, circle IoU "
+                  f"{r['test_iou/circle']:.3f}.", ""]
+    (target / "RECIPES.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.reproduce", description=__doc__.splitlines()[0])
+    p.add_argument("task", choices=("synthetic",))
+    p.add_argument("--quick", action="store_true", help="small data and 6 epochs: a few minutes")
+    p.add_argument("--output", type=Path, default=Path("runs/reproduce"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
+    p.add_argument("--sequential", action="store_true", help="train one model after the other")
+    p.add_argument("--table-only", action="store_true", help="print the table of an earlier run")
+    p.add_argument("--export", type=Path, help="copy the checkpoints here and write RECIPES.md")
+    args = p.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    cmds = commands(args.output, args.seed, sizes, args.threads)
+    tic = time.perf_counter()
+    if not args.table_only:
+        run_all(cmds, args.output, args.sequential)
+    text, results = table(args.output)
+    (args.output / "table.md").write_text(text + "\n")
+    print(text)
+    if not args.table_only:
+        print(f"total time {time.perf_counter() - tic:.0f}s")
+    if args.export:
+        export(results, args.output, args.export, cmds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

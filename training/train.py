@@ -1,0 +1,493 @@
+"""Train a DDU-Net: ``python -m training.train --dataset synthetic --output runs/syn``.
+
+Defaults follow paper 001 Table X (the synthetic experiments): Adam(0.9, 0.999) at lr 0.008,
+at most 40 epochs, learning rate halved after 3 epochs without a lower validation loss, early
+stopping after 8 such epochs but never before epoch 20, dropout 0.1, batch size 16, dice loss.
+``--output DIR`` receives best.pt (lowest validation loss), last.pt (plus optimizer, scheduler
+and RNG state for ``--resume``), metrics.csv and curves.png. Under ``torchrun`` the subdomains
+of every image are split across the ranks (see training/distributed.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_ddunet.core.checkpoint import save_checkpoint
+from napari_ddunet.core.config import ModelConfig
+from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.model import DDUNet
+from training import datasets, losses
+from training.metrics import ConfusionMatrix
+
+DATASETS = ("synthetic", "folder", "zarr", "bluemarble")
+TRAINING_STATE_KEY = "training_state"
+
+
+class TrainingError(DDUNetError):
+    """Bad training options (one line for the user)."""
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description="Train a DDU-Net (or a U-Net baseline) and write checkpoints the plugin loads.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default="synthetic", help="which task to train on")
+    data.add_argument("--data", type=Path, help="folder: images/ + masks/ (or train/ val/ test/ holding them)")
+    data.add_argument("--subdomains", type=int, metavar="K", help="a 1 x K strip of subdomains (synthetic: K=2)")
+    data.add_argument("--grid", type=int, nargs=2, metavar=("R", "C"), help="an R x C grid of subdomains")
+    data.add_argument("--subdomain-size", type=int, nargs=2, metavar=("H", "W"), default=(32, 32),
+                      help="subdomain height and width in pixels")
+    data.add_argument("--train-size", type=int, default=4000, help="synthetic training images")
+    data.add_argument("--val-size", type=int, default=1000, help="synthetic validation images")
+    data.add_argument("--test-size", type=int, default=1000, help="synthetic test images")
+    data.add_argument("--samples-per-epoch", type=int,
+                      help="random crops per epoch for image datasets (default: as many as tile the training set)")
+    data.add_argument("--num-classes", type=int, help="image datasets: number of classes (default: max label + 1)")
+    data.add_argument("--class-names", nargs="+", help="image datasets: one name per class")
+    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                      help="random flips and rot90 (default: on for image datasets, off for synthetic)")
+
+    model = p.add_argument_group("model (paper 001 notation DDU-Net(D, F, C))")
+    model.add_argument("--depth", type=int, default=3, help="D: pooling steps of the subnetwork")
+    model.add_argument("--base-channels", type=int, default=4, help="channels of the first level")
+    model.add_argument("--comm-features", type=int, default=16, help="F: bottleneck channels communicated (0: none)")
+    model.add_argument("--no-communication", action="store_true",
+                       help="C=N: the communication network sees each subdomain alone")
+    model.add_argument("--comm-layers", type=int, default=3, help="conv layers of the communication network")
+    model.add_argument("--comm-kernel", type=int, default=5, help="kernel size of the communication network")
+    model.add_argument("--dropout", type=float, default=0.1, help="Dropout2d rate")
+    model.add_argument("--encoder", choices=("unet", "resnet18"), default="unet")
+    model.add_argument("--pretrained", type=Path, help="resnet18: torchvision-style state dict file for the trunk")
+    model.add_argument("--freeze-encoder", action="store_true", help="resnet18: keep the pretrained trunk fixed")
+    model.add_argument("--baseline", action="store_true",
+                       help="plain U-Net: F=0 on the whole crop as a single 1x1 subdomain")
+
+    opt = p.add_argument_group("optimisation (paper 001 Table X)")
+    opt.add_argument("--epochs", type=int, default=40, help="maximum number of epochs")
+    opt.add_argument("--min-epochs", type=int, default=20, help="no early stop before this many epochs")
+    opt.add_argument("--patience", type=int, default=8, help="early stopping patience (epochs)")
+    opt.add_argument("--lr-patience", type=int, default=3, help="halve the learning rate after this many bad epochs")
+    opt.add_argument("--batch-size", type=int, default=16)
+    opt.add_argument("--lr", type=float, default=0.008, help="initial learning rate (Adam 0.9, 0.999)")
+    opt.add_argument("--dice", choices=losses.DICE_FORMS, default="per-class",
+                     help="dice loss form: per-class mean, or Eq. (1) summed over classes")
+    opt.add_argument("--ce-weight", type=float, default=0.0, help="add this times the cross entropy to the loss")
+    opt.add_argument("--clip", type=float, default=0.0, help="clip the gradient norm to this value (0: off)")
+    opt.add_argument("--amp", nargs="?", const="auto", choices=("auto", "bf16", "fp16"),
+                     help="mixed precision (auto: bf16 on CPU, fp16 on CUDA)")
+
+    run = p.add_argument_group("run")
+    run.add_argument("--devices", default="cpu", help="comma-separated devices, e.g. cpu or cuda:0,cuda:1")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--output", type=Path, required=True, help="directory for checkpoints, metrics.csv, curves.png")
+    run.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    run.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="parameter precision")
+    run.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    return p
+
+
+def resolve_geometry(args: argparse.Namespace) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(data grid, subdomain size) from --subdomains / --grid / --subdomain-size."""
+    if args.subdomains is not None and args.grid is not None:
+        raise TrainingError("give either --subdomains K or --grid R C, not both")
+    if args.grid is not None:
+        grid = tuple(args.grid)
+    elif args.subdomains is not None:
+        grid = (1, args.subdomains)
+    else:
+        grid = (1, 2) if args.dataset == "synthetic" else (2, 2)
+    if min(grid) < 1:
+        raise TrainingError(f"the subdomain grid must be at least 1 x 1, got {grid[0]} x {grid[1]}")
+    size = tuple(args.subdomain_size)
+    if min(size) < 1:
+        raise TrainingError(f"--subdomain-size must be positive, got {size}")
+    return grid, size
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject impossible option combinations before anything heavy happens."""
+    positive = ("epochs", "batch_size", "train_size", "val_size", "test_size")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise TrainingError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.lr <= 0:
+        raise TrainingError("--lr must be positive")
+    if args.dataset in ("folder", "zarr") and args.data is None:
+        raise TrainingError(f"--dataset {args.dataset} needs --data DIR")
+    if args.pretrained is not None and args.encoder != "resnet18":
+        raise TrainingError("--pretrained only applies to --encoder resnet18")
+    if args.resume and not (args.output / "last.pt").is_file():
+        raise TrainingError(f"--resume: {args.output / 'last.pt'} does not exist")
+
+
+def build_task(args: argparse.Namespace, grid: tuple[int, int], size: tuple[int, int]) -> datasets.TaskData:
+    crop = (grid[0] * size[0], grid[1] * size[1])
+    augment = args.augment if args.augment is not None else args.dataset != "synthetic"
+    if args.dataset == "synthetic":
+        return datasets.synthetic_task(grid, size, args.seed, (args.train_size, args.val_size, args.test_size))
+    if args.dataset == "bluemarble":
+        return datasets.bluemarble_task(crop, args.seed, augment, args.samples_per_epoch)
+    return datasets.pairs_task(args.data, args.dataset, crop, args.seed, augment, args.samples_per_epoch,
+                               args.num_classes, args.class_names)
+
+
+def build_config(args: argparse.Namespace, task: datasets.TaskData) -> ModelConfig:
+    return ModelConfig(
+        in_channels=task.in_channels,
+        num_classes=task.num_classes,
+        depth=4 if args.encoder == "resnet18" else args.depth,
+        base_channels=args.base_channels,
+        comm_features=0 if args.baseline else args.comm_features,
+        communicate=not args.no_communication,
+        comm_layers=args.comm_layers,
+        comm_kernel=args.comm_kernel,
+        dropout=args.dropout,
+        encoder=args.encoder,
+        freeze_encoder=args.freeze_encoder,
+        class_names=task.class_names,
+    )
+
+
+def parse_devices(spec: str) -> list[torch.device]:
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise TrainingError("--devices is empty")
+    devices = []
+    for name in names:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise TrainingError(f"--devices: {name!r} is not a device (use cpu or cuda:N)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError(f"--devices {name}: CUDA is not available on this machine")
+        devices.append(device)
+    return devices
+
+
+def amp_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype | None:
+    if args.amp is None:
+        return None
+    if args.amp == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+
+
+# -- training state -----------------------------------------------------------------------------
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the global torch RNG (dropout) for one epoch: resuming needs no RNG replay."""
+    return int(np.random.default_rng([seed, 7919, epoch]).integers(2**62))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch) + 1)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def batches(dataset, order: list[int], batch_size: int, workers: int):
+    """Yield stacked (images, masks) in ``order``."""
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers)
+        yield from loader
+        return
+    for start in range(0, len(order), batch_size):
+        items = [dataset[i] for i in order[start:start + batch_size]]
+        yield torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    tmp = path.with_name(path.name + ".partial")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(path)
+
+
+def add_training_state(path: Path, state: dict[str, Any]) -> None:
+    """Put optimizer/scheduler/RNG state into an existing checkpoint (still weights_only-loadable)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload[TRAINING_STATE_KEY] = state
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def read_training_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if TRAINING_STATE_KEY not in payload:
+        raise TrainingError(f"{path} holds no training state to resume from")
+    return payload["state_dict"], payload[TRAINING_STATE_KEY]
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One model, its optimiser and the way a batch turns into a loss (local or distributed)."""
+
+    def __init__(self, args: argparse.Namespace, task: datasets.TaskData, config: ModelConfig,
+                 grid: tuple[int, int], subdomain: tuple[int, int]) -> None:
+        self.args = args
+        self.task = task
+        self.config = config
+        self.grid = (1, 1) if args.baseline else grid
+        self.subdomain = task.crop if args.baseline else subdomain
+        self.devices = parse_devices(args.devices)
+        self.device = self.devices[0]
+        self.dtype = torch.float64 if args.dtype == "float64" else torch.float32
+        self.amp = amp_dtype(args, self.device)
+        self.dist = None
+        model = DDUNet(config)
+        if args.pretrained is not None:
+            from napari_ddunet.core.resnet import load_resnet18_trunk
+
+            load_resnet18_trunk(model.encoder, args.pretrained)
+        self.model = model.to(self.device, self.dtype)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from training import distributed
+
+            self.dist = distributed.SubdomainParallel(self.model, self.grid)
+        self.forward_model = self._parallel_forward()
+        self.mean = torch.tensor(task.mean, dtype=self.dtype, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(task.std, dtype=self.dtype, device=self.device).view(1, -1, 1, 1)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=args.lr, betas=(0.9, 0.999))
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=0.5, patience=args.lr_patience
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 and self.device.type == "cuda" else None
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.dist is None else self.dist.rank
+
+    def _parallel_forward(self):
+        """The in-process multi-device forward of the model core, when more than one device is named."""
+        if len(self.devices) < 2:
+            return None
+        try:
+            from napari_ddunet.core import parallel
+        except ImportError:
+            raise TrainingError("--devices with several devices needs napari_ddunet.core.parallel") from None
+        return parallel.MultiDeviceDDUNet(self.model, self.devices)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.to(self.device, self.dtype) - self.mean) / self.std
+
+    def autocast(self):
+        if self.amp is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def logits_and_target(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.normalize(images)
+        masks = masks.to(self.device)
+        with self.autocast():
+            if self.dist is not None:
+                return self.dist.forward(x), self.dist.local_target(masks)
+            if self.forward_model is not None:
+                return self.forward_model(x, self.grid), masks
+            return self.model(x, self.grid), masks
+
+    def loss_sums(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Dice sums and (optionally) the summed cross entropy, reduced over ranks when distributed."""
+        sums = losses.dice_sums(logits, target)
+        ce = losses.cross_entropy_sum(logits, target) if self.args.ce_weight > 0 else None
+        if self.dist is not None:
+            sums = self.dist.all_reduce(sums)
+            ce = None if ce is None else self.dist.all_reduce(ce)
+        return sums, ce
+
+    def loss(self, sums: torch.Tensor, ce: torch.Tensor | None, pixels: int) -> torch.Tensor:
+        loss = losses.dice_from_sums(sums, self.args.dice)
+        if ce is not None:
+            loss = loss + self.args.ce_weight * ce / pixels
+        return loss
+
+    def train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        torch.manual_seed(epoch_seed(self.args.seed, epoch))
+        datasets.set_epoch(self.task.train, epoch)
+        order = epoch_order(len(self.task.train), self.args.seed, epoch)
+        total, count = 0.0, 0
+        for images, masks in batches(self.task.train, order, self.args.batch_size, self.args.workers):
+            logits, target = self.logits_and_target(images, masks)
+            sums, ce = self.loss_sums(logits, target)
+            loss = self.loss(sums, ce, masks.numel())
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            if self.dist is not None:
+                self.dist.average_gradients()
+            if self.args.clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            total += float(loss.detach()) * len(images)
+            count += len(images)
+        return total / count
+
+    @torch.no_grad()
+    def evaluate(self, dataset) -> dict[str, float]:
+        """Dataset-level dice loss and the metrics of Eq. (2)-(3) (sums over all images first)."""
+        self.model.eval()
+        confusion = ConfusionMatrix(self.config.num_classes)
+        sums_total, ce_total, pixels = None, None, 0
+        order = list(range(len(dataset)))
+        for images, masks in batches(dataset, order, self.args.batch_size, self.args.workers):
+            logits, target = self.logits_and_target(images, masks)
+            sums, ce = self.loss_sums(logits, target)
+            sums_total = sums if sums_total is None else sums_total + sums
+            ce_total = ce if ce_total is None else ce_total + ce
+            pixels += masks.numel()
+            confusion.update(logits.argmax(1), target)
+        if self.dist is not None:
+            confusion.matrix = self.dist.all_reduce_counts(confusion.matrix)
+        result = {"loss": float(self.loss(sums_total, ce_total, pixels))}
+        result.update(confusion.compute(self.config.class_names))
+        return result
+
+    def save(self, path: Path, metrics: dict[str, Any], training_args: dict[str, Any]) -> None:
+        save_checkpoint(
+            path, self.model,
+            class_names=self.task.class_names,
+            class_colors=self.task.class_colors,
+            normalization={"mean": self.task.mean, "std": self.task.std},
+            subdomain_size=self.subdomain,
+            training_args=training_args,
+            metrics=metrics,
+        )
+
+
+def _json_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+            for k, v in vars(args).items()}
+
+
+def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}_{k}": v for k, v in values.items()}
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run a whole training; returns the test metrics of the best checkpoint."""
+    check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    grid, size = resolve_geometry(args)
+    task = build_task(args, grid, size)
+    config = build_config(args, task)
+    torch.manual_seed(args.seed)
+    trainer = Trainer(args, task, config, grid, size)
+    writer = trainer.rank == 0
+    out = args.output
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+    training_args = _json_args(args)
+    history: list[dict[str, Any]] = []
+    best_loss, best_epoch, start = math.inf, -1, 0
+    if args.resume:
+        state_dict, state = read_training_state(out / "last.pt")
+        trainer.model.load_state_dict(state_dict)
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        history = [dict(row) for row in state["history"]]
+        best_loss, best_epoch, start = float(state["best_loss"]), int(state["best_epoch"]), int(state["epoch"]) + 1
+        if state.get("stopped"):
+            start = args.epochs
+    log = (lambda *a: None) if args.quiet or not writer else (lambda *a: print(*a, flush=True))
+    log(f"{config.notation} on a {trainer.grid[0]}x{trainer.grid[1]} grid of {trainer.subdomain[0]}x"
+        f"{trainer.subdomain[1]} subdomains, {len(task.train)} training samples, {args.epochs} epochs max")
+    stopped = False
+    for epoch in range(start, args.epochs):
+        tic = time.perf_counter()
+        train_loss = trainer.train_epoch(epoch)
+        val = trainer.evaluate(task.val)
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        trainer.scheduler.step(val["loss"])
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **_prefixed("val", val),
+               "seconds": round(time.perf_counter() - tic, 2)}
+        history.append(row)
+        improved = val["loss"] < best_loss
+        if improved:
+            best_loss, best_epoch = val["loss"], epoch
+        stopped = epoch + 1 >= args.min_epochs and epoch - best_epoch >= args.patience
+        if writer:
+            if improved:
+                trainer.save(out / "best.pt", {"epoch": epoch + 1, **_prefixed("val", val)}, training_args)
+            trainer.save(out / "last.pt", {"epoch": epoch + 1, **_prefixed("val", val)}, training_args)
+            add_training_state(out / "last.pt", {
+                "epoch": epoch, "best_loss": best_loss, "best_epoch": best_epoch, "stopped": stopped,
+                "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+                "history": history, "torch_rng": torch.get_rng_state(),
+            })
+            write_metrics_csv(out / "metrics.csv", history)
+            from training.plots import plot_curves
+
+            plot_curves(history, out / "curves.png", config.notation)
+        log(f"epoch {epoch + 1:3d}  train {train_loss:.4f}  val {val['loss']:.4f}  mIoU {val['miou']:.4f}  "
+            f"lr {lr:.2e}  {row['seconds']:.1f}s" + ("  *" if improved else ""))
+        if stopped:
+            log(f"early stop: no better validation loss for {args.patience} epochs")
+            break
+    return finish(trainer, args, out, training_args, best_epoch, writer, log)
+
+
+def finish(trainer: Trainer, args, out: Path, training_args, best_epoch: int, writer: bool, log) -> dict[str, Any]:
+    """Evaluate best.pt on the test split and store the test metrics in it."""
+    if trainer.dist is not None:
+        trainer.dist.barrier()
+    payload = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    trainer.model.load_state_dict(payload["state_dict"])
+    test = trainer.evaluate(trainer.task.test)
+    metrics = {"best_epoch": best_epoch + 1, **payload["provenance"].get("metrics", {}), **_prefixed("test", test)}
+    if writer:
+        trainer.save(out / "best.pt", metrics, training_args)
+        (out / "summary.json").write_text(json.dumps({"notation": trainer.config.notation, **metrics}, indent=2))
+    names = trainer.config.class_names
+    log("test: mIoU {:.4f}  ".format(test["miou"]) + "  ".join(f"IoU[{n}] {test[f'iou/{n}']:.4f}" for n in names))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        train(args)
+    except DDUNetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
