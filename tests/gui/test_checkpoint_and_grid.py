@@ -1,0 +1,99 @@
+"""Loading checkpoints in the widget, the model card, and the subdomain grid overlay geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_ddunet._grid_layer import GRID_LAYER_NAME, grid_labels, grid_lines
+
+
+def test_good_checkpoint_fills_card_and_subdomain_size(widget, checkpoint_factory, errors):
+    path = checkpoint_factory("m.pt", depth=3, subdomain=(48, 64))
+    assert widget.load_checkpoint(path)
+    text = widget.card.text()
+    assert "DDU-Net(3,8,Y)" in text
+    assert "circle" in text and "48 x 64 px" in text
+    assert "#4c99ff" in text  # swatch of the circle class colour (0.3, 0.6, 1.0)
+    assert widget.subdomain_size() == (48, 64)
+    assert widget.size_h.singleStep() == 8
+    assert errors == []
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b"PK\x03\x04truncated"])
+def test_bad_checkpoint_is_a_notification_not_an_exception(widget, tmp_path, errors, checkpoint, content):
+    assert widget.load_checkpoint(checkpoint)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    assert widget.load_checkpoint(bad) is False
+    assert len(errors) == 1 and "bad.pt" in errors[0]
+    assert widget.checkpoint_path == checkpoint  # the good model stays loaded
+    assert widget.load_checkpoint(tmp_path / "missing.pt") is False
+    assert "not found" in errors[1]
+
+
+def test_grid_lines_for_3x5_grid_on_non_square_image():
+    lines = grid_lines((90, 250), (32, 50))  # ceil(90/32)=3 rows, 250/50=5 cols
+    horizontal, vertical = lines[:4], lines[4:]
+    assert len(horizontal) == 4 and len(vertical) == 6
+    assert [h[0, 0] for h in horizontal] == [-0.5, 31.5, 63.5, 95.5]
+    assert [v[0, 1] for v in vertical] == [-0.5, 49.5, 99.5, 149.5, 199.5, 249.5]
+    assert all(h[0, 1] == -0.5 and h[1, 1] == 249.5 for h in horizontal)
+    assert all(v[0, 0] == -0.5 and v[1, 0] == 95.5 for v in vertical)
+    centres, texts = grid_labels((90, 250), (32, 50))
+    assert len(texts) == 15 and texts[0] == "(0, 0)" and texts[6] == "(1, 1)"
+    np.testing.assert_allclose(centres[6], [32 + 15.5, 50 + 24.5])
+
+
+def test_grid_layer_follows_size_and_image(widget, checkpoint, qtbot):
+    viewer = widget.viewer
+    viewer.add_image(np.zeros((96, 250), np.float32), name="img", scale=(2.0, 0.5))
+    widget.load_checkpoint(checkpoint)
+    widget.set_subdomain_size((32, 52))
+    qtbot.waitUntil(lambda: GRID_LAYER_NAME in viewer.layers and len(viewer.layers[GRID_LAYER_NAME].data) == 4 + 6)
+    layer = viewer.layers[GRID_LAYER_NAME]
+    np.testing.assert_allclose(layer.scale, (2.0, 0.5))
+    verticals = sorted({float(d[0, 1]) for d in layer.data if d[0, 1] == d[1, 1]})
+    assert verticals == [-0.5, 51.5, 103.5, 155.5, 207.5, 259.5]
+    assert widget.grid_label.text().startswith("3 x 5 subdomains")
+    widget.set_subdomain_size((32, 128))  # 3 x 2 grid
+    qtbot.waitUntil(lambda: len(viewer.layers[GRID_LAYER_NAME].data) == 4 + 3)
+    viewer.add_image(np.zeros((64, 64), np.float32), name="small")
+    widget.image_combo.setCurrentText("small")
+    qtbot.waitUntil(lambda: len(viewer.layers[GRID_LAYER_NAME].data) == 3 + 2)
+    widget.grid_check.setChecked(False)
+    qtbot.waitUntil(lambda: GRID_LAYER_NAME not in viewer.layers)
+
+
+def test_image_picker_tracks_layers_and_guesses_channels(widget):
+    viewer = widget.viewer
+    assert widget.image_combo.count() == 0
+    viewer.add_image(np.zeros((3, 40, 40), np.float32), name="three")
+    viewer.add_image(np.zeros((40, 40, 3), np.uint8), name="rgb", rgb=True)
+    assert [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())] == ["three", "rgb"]
+    widget.image_combo.setCurrentText("three")
+    assert widget.channel_axis() == 0
+    widget.image_combo.setCurrentText("rgb")
+    assert widget.channel_axis() == 2
+    widget.channel_combo.setCurrentIndex(0)
+    assert widget.channel_axis() is None
+    viewer.layers.remove("rgb")
+    assert widget.image_combo.count() == 1 and widget.image_combo.currentText() == "three"
+
+
+def test_values_persist_between_sessions(make_napari_viewer, checkpoint):
+    from napari_ddunet._widget import DDUNetWidget
+
+    viewer = make_napari_viewer()
+    first = DDUNetWidget(viewer)
+    first.load_checkpoint(checkpoint)
+    first.set_subdomain_size((64, 96))
+    first.view_check.setChecked(True)
+    first.features_check.setChecked(False)
+    second = DDUNetWidget(viewer)
+    assert second.checkpoint_path == checkpoint
+    assert second.subdomain_size() == (64, 96)
+    assert second.view_check.isChecked() and not second.features_check.isChecked()
+    assert second.devices() == ["cpu"]
+    first.deleteLater()
+    second.deleteLater()
