@@ -1,0 +1,95 @@
+"""``napari-ddunet predict CKPT INPUT OUTPUT``: segment an image into a zarr store, with a progress bar.
+
+Under torchrun (RANK/WORLD_SIZE in the environment) every process runs this same command; they join
+one process group (gloo on CPU, nccl on CUDA) and each writes its own band of subdomain rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment an image (TIFF, zarr, OME-Zarr, .npy) into a zarr v3 / OME-Zarr store",
+        description="Segment INPUT with the DDU-Net checkpoint CKPT and write labels (an OME-Zarr multiscale "
+                    "pyramid) and optional probabilities/features to the zarr v3 store OUTPUT. The result equals "
+                    "the whole-image forward pass; memory stays within --memory-budget.",
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (.pt)")
+    parser.add_argument("input", metavar="INPUT", help="image: .tif/.tiff, .zarr, .ome.zarr or .npy")
+    parser.add_argument("output", metavar="OUTPUT", help="output zarr store (a folder, e.g. out.zarr)")
+    parser.add_argument("--subdomain-size", nargs=2, type=int, metavar=("H", "W"),
+                        help="subdomain size in pixels (default: the checkpoint's training size)")
+    parser.add_argument("--devices", nargs="+", default=None, metavar="DEV",
+                        help="cpu, cuda, cuda:N, mps or auto (several allowed; default auto, or the rank's GPU "
+                             "under torchrun)")
+    parser.add_argument("--memory-budget", default=None, metavar="SIZE",
+                        help="memory budget, e.g. 2GB or 512MiB; picks the schedule (default 2GB)")
+    parser.add_argument("--schedule", default=None, choices=("monolithic", "wavefront", "recompute", "streaming"),
+                        help="force an exact schedule instead of choosing by the budget")
+    parser.add_argument("--features", action="store_true",
+                        help="also store the bottleneck mosaics before and after communication")
+    parser.add_argument("--probabilities", action="store_true", help="also store class probabilities (float16)")
+    parser.add_argument("--channel-axis", type=int, default=None, choices=(0, -1),
+                        help="channel axis of a 3D image: 0 (CYX) or -1 (YXC); guessed when absent")
+    parser.add_argument("--no-communication", action="store_true",
+                        help="switch the exchange off (C=N behaviour with the same weights)")
+    parser.add_argument("--float64", action="store_true", help="compute in float64 (slow; for exactness checks)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run into OUTPUT")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT store")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..core.checkpoint import load_checkpoint
+    from ..core.distributed import DistContext
+    from ..core.engine import segment_iter
+    from ..core.errors import DDUNetError
+
+    if args.resume and args.overwrite:
+        raise DDUNetError("--resume and --overwrite exclude each other")
+    model = load_checkpoint(args.checkpoint, "cpu")
+    context = DistContext.from_env()
+    devices = args.devices
+    if devices is None:
+        devices = [str(context.device)] if context is not None and context.device.type == "cuda" else ["auto"]
+    steps = segment_iter(
+        args.input, model, subdomain_size=tuple(args.subdomain_size) if args.subdomain_size else None,
+        devices=devices, output=args.output, memory_budget=args.memory_budget, features=args.features,
+        probabilities=args.probabilities, channel_axis=args.channel_axis,
+        communicate=False if args.no_communication else None, resume=args.resume, overwrite=args.overwrite,
+        dtype=torch.float64 if args.float64 else torch.float32, schedule=args.schedule, distributed=context,
+    )
+    rank = "" if context is None else f"[rank {context.rank}/{context.world}] "
+    bar = None
+    try:
+        while True:
+            try:
+                event = next(steps)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            if event.phase == "prepare":
+                print(f"{rank}{event.message}", file=sys.stderr)
+                bar = tqdm(total=event.total, unit="subdomain", desc=f"{rank}segment", disable=args.quiet,
+                           file=sys.stderr)
+            elif event.phase == "write" and bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if context is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if context is None or context.rank == 0:
+        print(f"wrote {result.output} ({result.schedule} schedule, grid {result.grid[0]}x{result.grid[1]})",
+              file=sys.stderr)
+    return 1 if result.cancelled else 0

@@ -1,0 +1,83 @@
+"""Multi-process (torchrun) inference: each rank owns a contiguous band of whole subdomain rows,
+so it alone writes those rows' output chunks. Ranks meet once, at the communication step: every
+rank encodes its band, then an all-gather swaps the ``k`` F-channel bottleneck rows at each band
+edge (``k = ceil(comm_halo / hb)``), after which each rank communicates and decodes its own rows.
+Every non-empty band holds at least ``k`` rows, so a rank's halo always lies in its neighbours' edges.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    """Rank, world size and the device collectives run on (CPU for gloo, the rank's GPU for nccl)."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @classmethod
+    def from_env(cls) -> DistContext | None:
+        """Join the process group that torchrun describes in the environment (None outside torchrun)."""
+        if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return None
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if dist.get_backend() == "nccl":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+        return cls(rank, world, device)
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is True on some rank (also a barrier)."""
+        value = torch.tensor([1 if flag else 0], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def own_rows(self, r0: int, r1: int, k: int) -> tuple[int, int]:
+        """This rank's grid rows: contiguous bands of at least max(k, 1) rows, empty for surplus ranks."""
+        n = r1 - r0
+        active = max(1, min(self.world, n // max(k, 1)))
+        if self.rank >= active:
+            return r1, r1
+        base, extra = divmod(n, active)
+        start = r0 + self.rank * base + min(self.rank, extra)
+        return start, start + base + (1 if self.rank < extra else 0)
+
+    def exchange_halo(self, run: Any, own: list[int], need_rows: list[int]) -> None:
+        """All-gather the first and last k own bottleneck rows; keep the foreign rows this rank needs."""
+        k = run.k
+        cols = run.cols
+        hb, wb = run.plan.bottleneck_tile
+        f = run.f
+        edge = sorted(set(own[:k]) | set(own[-k:])) if own else []
+        rows = torch.full((2 * k,), -1, dtype=torch.int64)
+        block = torch.zeros((2 * k, f, hb, len(cols) * wb), dtype=run.dtype)
+        for i, r in enumerate(edge):
+            rows[i] = r
+            block[i] = torch.cat([run.bott[(r, c)] for c in cols], dim=-1)
+        gathered_rows = [torch.empty_like(rows, device=self.device) for _ in range(self.world)]
+        gathered = [torch.empty_like(block, device=self.device) for _ in range(self.world)]
+        dist.all_gather(gathered_rows, rows.to(self.device))
+        dist.all_gather(gathered, block.to(self.device))
+        wanted = set(need_rows) - set(own)
+        for ids, data in zip(gathered_rows, gathered, strict=True):
+            ids, data = ids.to("cpu"), data.to("cpu")
+            for i, r in enumerate(ids.tolist()):
+                if r in wanted:
+                    for j, c in enumerate(cols):
+                        run.bott[(r, c)] = data[i, :, :, j * wb:(j + 1) * wb].clone()

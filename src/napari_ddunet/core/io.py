@@ -1,0 +1,267 @@
+"""Lazy image sources: numpy, dask, zarr v3 arrays/groups, TIFF (through tifffile) and OME-Zarr.
+
+Nothing here loads a whole image: :class:`ImageSource` reads rectangles on demand, reflects them
+at the bottom/right border when a subdomain sticks out of the image (see :mod:`.grid`), keeps the
+channels the model takes (an RGBA image feeds an RGB model by dropping alpha) and returns float64
+(C, h, w) arrays. Normalisation happens later in the engine, with the checkpoint's global statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DDUNetError
+from .grid import reflect_index
+
+
+class InputError(DDUNetError):
+    """An input image that cannot be segmented as given; the message says why and what would work."""
+
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def _is_dask(array: Any) -> bool:
+    return type(array).__module__.startswith("dask") and hasattr(array, "compute")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _ome_level0(group: Any, where: str) -> tuple[Any, list[str] | None]:
+    """Level 0 of an OME-Zarr image group (0.4 or 0.5 metadata) and its axis names."""
+    attrs = dict(group.attrs)
+    meta = attrs.get("ome", attrs)
+    multiscales = meta.get("multiscales")
+    if multiscales:
+        first = multiscales[0]
+        axes = first.get("axes")
+        names = [a["name"] if isinstance(a, dict) else str(a) for a in axes] if axes else None
+        path = first["datasets"][0]["path"]
+        try:
+            return group[path], names
+        except KeyError:
+            raise InputError(f"{where}: OME-Zarr level 0 ({path!r}) is missing") from None
+    arrays = sorted(name for name, _ in group.arrays())
+    if "0" in arrays:
+        return group["0"], None
+    if len(arrays) == 1:
+        return group[arrays[0]], None
+    raise InputError(f"{where}: a zarr group without OME-Zarr multiscales metadata and no single array to read")
+
+
+def _open_path(path: Path) -> tuple[Any, list[str] | None]:
+    """Open a file or store lazily; returns the array and axis names when the format records them."""
+    if not path.exists():
+        raise InputError(f"input not found: {path}")
+    name = path.name.lower()
+    if name.endswith(TIFF_SUFFIXES):
+        import tifffile
+        import zarr
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                axes = list(tif.series[0].axes.upper())
+            node = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
+        except Exception as error:
+            raise InputError(f"cannot read TIFF {path}: {_first_line(error)}") from None
+        names = ["c" if a in "CS" else a.lower() for a in axes]
+        return node, names
+    if path.is_dir() or name.endswith(".zarr"):
+        import zarr
+
+        try:
+            node = zarr.open(str(path), mode="r")
+        except Exception as error:
+            raise InputError(f"cannot open zarr store {path}: {_first_line(error)}") from None
+        if isinstance(node, zarr.Group):
+            return _ome_level0(node, str(path))
+        return node, None
+    if name.endswith(".npy"):
+        try:
+            return np.load(path, mmap_mode="r"), None
+        except Exception as error:
+            raise InputError(f"cannot read {path}: {error}") from None
+    raise InputError(f"unsupported input format: {path} (use .tif/.tiff, .zarr/.ome.zarr or .npy)")
+
+
+def _squeeze_axes(array: Any, names: list[str] | None) -> tuple[Any, list[str] | None]:
+    """Drop singleton leading axes (t, z of OME-Zarr) so a 2D image remains."""
+    while array.ndim > 3 and array.shape[0] == 1:
+        array = array[0]
+        names = names[1:] if names else None
+    if names is not None and len(names) == 3 and array.ndim == 3:
+        for i, n in enumerate(names):
+            if n not in ("y", "x", "c") and array.shape[i] == 1:
+                array = array[(slice(None),) * i + (0,)]
+                names = names[:i] + names[i + 1:]
+                break
+    return array, names
+
+
+@dataclass
+class ImageSource:
+    """A lazily read 2D image with channels: ``read(y0, y1, x0, x1)`` -> float64 (C, h, w)."""
+
+    array: Any
+    channel_axis: int | None
+    channels: int            # channels passed to the model (alpha dropped)
+    description: str
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        dims = [s for i, s in enumerate(self.array.shape) if i != self.channel_axis]
+        return int(dims[0]), int(dims[1])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    def _take(self, rows: slice, cols: slice) -> np.ndarray:
+        if self.channel_axis is None:
+            block = self.array[rows, cols]
+        elif self.channel_axis == 0:
+            block = self.array[: self.channels, rows, cols]
+        else:
+            block = self.array[rows, cols, : self.channels]
+        if _is_dask(block):
+            block = block.compute()
+        block = np.asarray(block)
+        if self.channel_axis is None:
+            block = block[None]
+        elif self.channel_axis == 2:
+            block = np.moveaxis(block, 2, 0)
+        return block.astype(np.float64, copy=False)
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels [y0, y1) x [x0, x1) as float64 (C, h, w), reflected where they leave the image."""
+        height, width = self.shape
+        if min(y0, x0) >= 0 and y1 <= height and x1 <= width:
+            return self._take(slice(y0, y1), slice(x0, x1))
+        ry = reflect_index(np.arange(y0, y1), height)
+        rx = reflect_index(np.arange(x0, x1), width)
+        ya, yb, xa, xb = int(ry.min()), int(ry.max()) + 1, int(rx.min()), int(rx.max()) + 1
+        block = self._take(slice(ya, yb), slice(xa, xb))
+        return block[:, ry - ya][:, :, rx - xa]
+
+    def bands(self, rows: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
+        """Whole-width row bands (y0, (C, h, W) float64) for chunk-wise scans of the image."""
+        height, width = self.shape
+        chunk_rows = getattr(self.array, "chunks", None)
+        if isinstance(chunk_rows, tuple) and chunk_rows and isinstance(chunk_rows[0], int):
+            axis = 1 if self.channel_axis == 0 else 0
+            step = chunk_rows[axis]
+            rows = max(step, rows // step * step)
+        for y0 in range(0, height, rows):
+            yield y0, self._take(slice(y0, min(height, y0 + rows)), slice(0, width))
+
+
+def _channel_axis(shape: tuple[int, ...], names: list[str] | None, channel_axis: int | None,
+                  in_channels: int | None) -> int | None:
+    if len(shape) == 2:
+        if channel_axis is not None:
+            raise InputError(f"channel_axis={channel_axis} given for a 2D (YX) image of shape {shape}")
+        return None
+    if channel_axis is not None:
+        if channel_axis not in (0, 2, -1, -3):
+            raise InputError(f"channel_axis must be 0 (CYX) or -1 (YXC) for a 3D image, got {channel_axis}")
+        return channel_axis % 3
+    if names is not None and "c" in names:
+        return names.index("c")
+    candidates = [i for i in (2, 0) if shape[i] <= 4]
+    if in_channels is not None:
+        exact = [i for i in candidates if shape[i] == in_channels]
+        if exact:
+            return exact[0]
+        if in_channels == 3:
+            rgba = [i for i in candidates if shape[i] == 4]
+            if rgba:
+                return rgba[0]
+    if candidates:
+        return candidates[0]
+    raise InputError(
+        f"cannot tell the channel axis of a {shape} image (no axis of at most 4 channels); "
+        "pass channel_axis=0 (CYX) or -1 (YXC)"
+    )
+
+
+def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int | None = None) -> ImageSource:
+    """Wrap ``image`` (array or path) as an :class:`ImageSource` that feeds ``in_channels`` channels.
+
+    2D images are YX (one channel); 3D images are YXC or CYX, guessed from file metadata (TIFF, OME-Zarr)
+    or from the axis of at most 4 entries, or fixed by ``channel_axis``. An RGBA image feeds an RGB
+    model without its alpha channel; any other channel mismatch is an :class:`InputError`.
+    """
+    names: list[str] | None = None
+    if isinstance(image, str | Path):
+        description = str(image)
+        array, names = _open_path(Path(image))
+    else:
+        description = f"{type(image).__name__} of shape {tuple(getattr(image, 'shape', ()))}"
+        array = image
+        import zarr
+
+        if isinstance(array, zarr.Group):
+            array, names = _ome_level0(array, "zarr group")
+        elif not hasattr(array, "shape") or not hasattr(array, "dtype"):
+            raise InputError(f"cannot segment a {type(image).__name__}; give an array or a path")
+    array, names = _squeeze_axes(array, names)
+    shape = tuple(int(s) for s in array.shape)
+    if len(shape) not in (2, 3):
+        raise InputError(
+            f"unsupported dimensionality: image of shape {shape} ({len(shape)}D); expected a 2D image "
+            "as YX, YXC or CYX"
+        )
+    dtype = np.dtype(array.dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == np.bool_):
+        raise InputError(f"unsupported pixel type {dtype}; use integer or floating-point pixels")
+    axis = _channel_axis(shape, names, channel_axis, in_channels)
+    have = 1 if axis is None else shape[axis]
+    use = have
+    if in_channels is not None and have != in_channels:
+        if have == 4 and in_channels == 3:
+            use = 3
+        else:
+            layout = "YX" if axis is None else ("CYX" if axis == 0 else "YXC")
+            raise InputError(
+                f"image has {have} channel{'s' if have != 1 else ''} ({layout}, shape {shape}) but the "
+                f"checkpoint expects {in_channels}"
+            )
+    source = ImageSource(array, axis, use, description)
+    height, width = source.shape
+    if height == 0 or width == 0:
+        raise InputError(f"image is empty (shape {shape})")
+    return source
+
+
+def check_finite(source: ImageSource) -> None:
+    """Raise :class:`InputError` naming how many pixels are NaN/inf and where the first one is.
+
+    Integer images cannot hold them and are not scanned; float images are scanned band by band,
+    so the check costs one read of the image but never holds more than one band.
+    """
+    if not np.issubdtype(source.dtype, np.floating):
+        return
+    count = 0
+    first: tuple[int, int, int] | None = None
+    for y0, band in source.bands():
+        bad = ~np.isfinite(band)
+        n = int(bad.sum())
+        if n:
+            if first is None:
+                y, x = np.unravel_index(int(np.argmax(bad.any(axis=0))), bad.shape[1:])
+                first = (int(y0 + y), int(x), int(np.argmax(bad[:, y, x])))
+            count += n
+    if count:
+        y, x, c = first
+        raise InputError(
+            f"image has {count} NaN/inf value{'s' if count != 1 else ''}; first at (y={y}, x={x}, channel {c}); "
+            "replace or mask them before segmenting"
+        )

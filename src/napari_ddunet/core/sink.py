@@ -1,0 +1,269 @@
+"""Where segmentation results go: numpy arrays in memory, or a zarr v3 store on disk.
+
+Store layout (a zarr v3 group, see docs/engine.md):
+
+- ``labels/0 .. labels/L``: OME-Zarr 0.5 multiscale label pyramid (uint8/uint16); level l is level
+  l-1 downsampled 2x by the mode of each 2x2 block (ties go to the top-left pixel, i.e. nearest).
+- ``probabilities`` (K, H, W) float16, ``logits`` (K, H, W) in the compute dtype (on request).
+- ``bottleneck`` / ``communicated`` (F, ceil(H/2**D), ceil(W/2**D)) in the compute dtype (features=True).
+- ``_work/bottleneck`` (F, rows*hb, cols*wb): the F-channel bottleneck of every encoded subdomain,
+  ``_work/encoded`` and ``_work/done`` (rows, cols) uint8: the progress record that resume reads.
+
+Every array is chunked by whole subdomains (one chunk per subdomain per level), so each chunk has
+exactly one writer; the progress arrays are chunked by grid rows, and a row only ever has one writer
+(one writer thread per process, and distributed ranks own whole rows).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DDUNetError
+from .grid import GridPlan
+
+#: Version of the store layout written into the ``napari_ddunet`` attributes.
+STORE_VERSION = 1
+#: Pyramid levels stop once the long side would fall below this many pixels.
+MIN_LEVEL_SIDE = 64
+
+
+class OutputError(DDUNetError):
+    """An output location that cannot be used (exists, not writable, made with other settings)."""
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    return np.dtype(np.uint8 if num_classes <= 256 else np.uint16)
+
+
+def pyramid_levels(plan: GridPlan) -> int:
+    """Number of label levels: halve while subdomains stay whole and the image stays useful."""
+    h, w = plan.subdomain
+    height, width = plan.image_shape
+    levels = 1
+    while (h % 2 ** levels == 0 and w % 2 ** levels == 0
+           and max(-(-height // 2 ** levels), -(-width // 2 ** levels)) >= MIN_LEVEL_SIDE):
+        levels += 1
+    return levels
+
+
+def downsample_mode(labels: np.ndarray) -> np.ndarray:
+    """(h, w) -> (h/2, w/2): the most frequent label of each 2x2 block, top-left on ties."""
+    h, w = labels.shape
+    blocks = labels.reshape(h // 2, 2, w // 2, 2).transpose(0, 2, 1, 3).reshape(h // 2, w // 2, 4)
+    counts = (blocks[..., :, None] == blocks[..., None, :]).sum(-1)
+    pick = np.argmax(counts, axis=-1)
+    return np.take_along_axis(blocks, pick[..., None], axis=-1)[..., 0]
+
+
+def check_output_location(output: str | Path, *, overwrite: bool, resume: bool) -> Path:
+    """Refuse an existing output unless told, and an unwritable location; touches nothing."""
+    path = Path(output)
+    if path.exists():
+        if not (overwrite or resume):
+            raise OutputError(f"output {path} exists; pass overwrite=True (--overwrite) or resume=True (--resume)")
+        if not path.is_dir() or not ((path / "zarr.json").exists() or not any(path.iterdir())):
+            raise OutputError(f"output {path} exists and is not a zarr store; refusing to replace it")
+        if not os.access(path, os.W_OK):
+            raise OutputError(f"output {path} is not writable")
+        return path
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise OutputError(f"output folder {parent} does not exist")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise OutputError(f"output location {parent} is not writable")
+    return path
+
+
+class Sink:
+    """Arrays that receive one subdomain at a time; numpy (``path=None``) or a zarr v3 store."""
+
+    def __init__(self, plan: GridPlan, *, path: Path | None, num_classes: int, comm_features: int,
+                 compute_dtype: np.dtype, probabilities: bool, features: bool, logits: bool,
+                 meta: dict[str, Any], colors: list[list[float]] | None = None, resume: bool = False) -> None:
+        self.plan = plan
+        self.path = path
+        self.levels = pyramid_levels(plan) if path is not None else 1
+        height, width = plan.image_shape
+        ds = plan.downsampling
+        bh, bw = -(-height // ds), -(-width // ds)
+        h, w = plan.subdomain
+        hb, wb = plan.bottleneck_tile
+        rows, cols = plan.grid
+        f = comm_features
+        specs: dict[str, tuple[tuple[int, ...], tuple[int, ...], np.dtype]] = {}
+        for level in range(self.levels):
+            s = 2 ** level
+            specs[f"labels/{level}"] = ((-(-height // s), -(-width // s)), (h // s, w // s), label_dtype(num_classes))
+        if probabilities:
+            specs["probabilities"] = ((num_classes, height, width), (num_classes, h, w), np.dtype(np.float16))
+        if logits:
+            specs["logits"] = ((num_classes, height, width), (num_classes, h, w), compute_dtype)
+        if features and f:
+            specs["bottleneck"] = ((f, bh, bw), (f, hb, wb), compute_dtype)
+            specs["communicated"] = ((f, bh, bw), (f, hb, wb), compute_dtype)
+        if path is not None:
+            if f:
+                specs["_work/bottleneck"] = ((f, rows * hb, cols * wb), (f, hb, wb), compute_dtype)
+            specs["_work/encoded"] = ((rows, cols), (1, cols), np.dtype(np.uint8))
+        specs["_work/done"] = ((rows, cols), (1, cols), np.dtype(np.uint8))
+        self.arrays: dict[str, Any] = {}
+        if path is None:
+            for name, (shape, _, dtype) in specs.items():
+                self.arrays[name] = np.zeros(shape, dtype=dtype)
+            self.meta = meta
+            return
+        import zarr
+
+        if resume and path.exists():
+            root = zarr.open_group(str(path), mode="r+")
+            stored = dict(root.attrs).get("napari_ddunet")
+            if not isinstance(stored, dict):
+                raise OutputError(f"cannot resume: {path} is not a napari-ddunet output")
+            for key in ("store_version", "notation", "weights", "image_shape", "subdomain_size", "region",
+                        "communicate", "dtype", "normalization", "pad_mode", "outputs"):
+                if stored.get(key) != meta.get(key):
+                    raise OutputError(
+                        f"cannot resume {path}: it was made with {key}={stored.get(key)!r}, this run has "
+                        f"{meta.get(key)!r}; use overwrite instead"
+                    )
+            for name in specs:
+                self.arrays[name] = root[name]
+            self.root = root
+            self.meta = stored
+            return
+        if path.exists():
+            shutil.rmtree(path)
+        root = zarr.open_group(str(path), mode="w")
+        for name, (shape, chunks, dtype) in specs.items():
+            root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+            self.arrays[name] = root[name]
+        labels = root["labels"]
+        datasets = [
+            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [2.0 ** level] * 2}]}
+            for level in range(self.levels)
+        ]
+        ome: dict[str, Any] = {
+            "version": "0.5",
+            "multiscales": [{
+                "name": "labels",
+                "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+                "datasets": datasets,
+                "metadata": {"method": "2x2 mode (ties: top-left, i.e. nearest)"},
+            }],
+            "image-label": {"version": "0.5", "source": {"image": "../"}},
+        }
+        if colors:
+            ome["image-label"]["colors"] = [
+                {"label-value": i, "rgba": [round(255 * v) for v in c]} for i, c in enumerate(colors)
+            ]
+        labels.attrs["ome"] = ome
+        root.attrs["napari_ddunet"] = meta
+        self.root = root
+        self.meta = meta
+
+    # -- public views -------------------------------------------------------------------------
+
+    def outputs(self) -> dict[str, Any]:
+        """The user-facing arrays: "labels", optional "probabilities", "logits", "bottleneck", "communicated"."""
+        names = {"labels": "labels/0", "probabilities": "probabilities", "logits": "logits",
+                 "bottleneck": "bottleneck", "communicated": "communicated"}
+        return {key: self.arrays[name] for key, name in names.items() if name in self.arrays}
+
+    # -- progress record ----------------------------------------------------------------------
+
+    def done_mask(self) -> np.ndarray:
+        return np.asarray(self.arrays["_work/done"][...], dtype=bool)
+
+    def encoded_mask(self) -> np.ndarray:
+        if "_work/encoded" not in self.arrays:
+            return np.zeros(self.plan.grid, dtype=bool)
+        return np.asarray(self.arrays["_work/encoded"][...], dtype=bool)
+
+    def mark(self, name: str, rows: slice, cols: slice, value: int = 1) -> None:
+        array = self.arrays[f"_work/{name}"]
+        if self.path is None:
+            array[rows, cols] = value
+            return
+        current = np.asarray(array[rows, :])
+        current[:, cols] = value
+        array[rows, :] = current
+
+    def set_attr(self, key: str, value: Any) -> None:
+        self.meta = {**self.meta, key: value}
+        if self.path is not None:
+            self.root.attrs["napari_ddunet"] = self.meta
+
+    # -- subdomain writes ---------------------------------------------------------------------
+
+    def write_tile(self, row: int, col: int, labels: np.ndarray, probabilities: np.ndarray | None,
+                   logits: np.ndarray | None) -> tuple[int, int, int, int]:
+        """Write the (uncropped) results of one subdomain; returns its (y0, y1, x0, x1) in the image."""
+        y0, y1, x0, x1 = self.plan.cropped_box(row, col)
+        hy, wx = y1 - y0, x1 - x0
+        level_labels = labels
+        for level in range(self.levels):
+            if level:
+                level_labels = downsample_mode(level_labels)
+            s = 2 ** level
+            ly0, lx0 = y0 // s, x0 // s
+            target = self.arrays[f"labels/{level}"]
+            ly1 = min(target.shape[0], ly0 + level_labels.shape[0])
+            lx1 = min(target.shape[1], lx0 + level_labels.shape[1])
+            target[ly0:ly1, lx0:lx1] = level_labels[: ly1 - ly0, : lx1 - lx0]
+        if probabilities is not None and "probabilities" in self.arrays:
+            self.arrays["probabilities"][:, y0:y1, x0:x1] = probabilities[:, :hy, :wx].astype(np.float16)
+        if logits is not None and "logits" in self.arrays:
+            self.arrays["logits"][:, y0:y1, x0:x1] = logits[:, :hy, :wx]
+        return y0, y1, x0, x1
+
+    def write_features(self, row: int, col: int, name: str, tile: np.ndarray) -> None:
+        """One subdomain's F-channel bottleneck ("bottleneck") or communicated map ("communicated")."""
+        if name not in self.arrays:
+            return
+        hb, wb = self.plan.bottleneck_tile
+        target = self.arrays[name]
+        y0, x0 = row * hb, col * wb
+        y1, x1 = min(target.shape[1], y0 + hb), min(target.shape[2], x0 + wb)
+        target[:, y0:y1, x0:x1] = tile[:, : y1 - y0, : x1 - x0]
+
+    def store_bottleneck(self, row: int, col: int, tile: np.ndarray) -> None:
+        """Keep one subdomain's F-channel bottleneck for resume (zarr stores only)."""
+        if "_work/bottleneck" in self.arrays:
+            hb, wb = self.plan.bottleneck_tile
+            self.arrays["_work/bottleneck"][:, row * hb:(row + 1) * hb, col * wb:(col + 1) * wb] = tile
+
+    def load_bottleneck(self, row: int, col: int) -> np.ndarray:
+        hb, wb = self.plan.bottleneck_tile
+        return np.asarray(self.arrays["_work/bottleneck"][:, row * hb:(row + 1) * hb, col * wb:(col + 1) * wb])
+
+
+def open_output(path: str | Path) -> dict[str, Any]:
+    """Read a napari-ddunet store back: "labels" (level 0), "labels/<l>" levels, "probabilities",
+    "logits", "bottleneck", "communicated" where present, "done" (rows, cols) progress, and "attrs"."""
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        raise OutputError(f"no output at {path}")
+    try:
+        root = zarr.open_group(str(path), mode="r")
+    except Exception as error:
+        raise OutputError(f"{path} is not a zarr store: {error}") from None
+    attrs = dict(root.attrs).get("napari_ddunet")
+    if not isinstance(attrs, dict):
+        raise OutputError(f"{path} is not a napari-ddunet output")
+    result: dict[str, Any] = {"attrs": attrs}
+    labels = root["labels"]
+    for name, _ in sorted(labels.arrays(), key=lambda item: int(item[0])):
+        result[f"labels/{name}"] = labels[name]
+    result["labels"] = labels["0"]
+    for name in ("probabilities", "logits", "bottleneck", "communicated"):
+        if name in root:
+            result[name] = root[name]
+    result["done"] = root["_work/done"]
+    return result
