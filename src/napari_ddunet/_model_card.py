@@ -12,23 +12,17 @@ def _hex(rgba: tuple[float, ...]) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def receptive_field_text(config: Any) -> str | None:
-    """Receptive field in image pixels from core/receptive_field.py, if that module can tell."""
-    try:
-        from .core import receptive_field
-    except ImportError:
-        return None
-    describe = getattr(receptive_field, "describe", None)
-    compute = getattr(receptive_field, "receptive_field", None)
-    try:
-        if describe is not None:
-            return str(describe(config))
-        if compute is not None:
-            value = compute(config)
-            return f"{value} px" if isinstance(value, int | float) else str(value)
-    except Exception:  # a card must render even if an optional analysis fails
-        return None
-    return None
+def receptive_field_text(config: Any) -> str:
+    """Receptive field along one axis (exact analytic support, core/receptive_field.py)."""
+    from .core.receptive_field import analytic_receptive_field
+
+    alone = analytic_receptive_field(config, with_comm=False).size_max
+    if not config.comm_features:
+        return f"{alone} px"
+    if not config.communicate:
+        return f"{alone} px (no exchange: each subdomain sees only itself)"
+    together = analytic_receptive_field(config, with_comm=True).size_max
+    return f"{alone} px without communication, {together} px with it"
 
 
 def model_card_html(info: Any, path: str | Path) -> str:
@@ -45,9 +39,7 @@ def model_card_html(info: Any, path: str | Path) -> str:
     ]
     if info.subdomain_size:
         rows.append(("Trained subdomain", f"{info.subdomain_size[0]} x {info.subdomain_size[1]} px"))
-    field = receptive_field_text(config)
-    if field:
-        rows.append(("Receptive field", field))
+    rows.append(("Receptive field", receptive_field_text(config)))
     if info.normalization is not None:
         rows.append(("Normalisation", "global mean/std from the checkpoint"))
     table = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>" for k, v in rows)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -90,6 +90,9 @@ def yx_axes(ndim: int, channel_axis: int | None) -> tuple[int, int]:
 class DDUNetWidget(QWidget):
     """Dock widget: checkpoint, image, subdomain grid, devices, Run/Cancel, feature-map explorer."""
 
+    #: Every engine ProgressEvent, re-emitted in the GUI thread after the widget has handled it.
+    progressed = Signal(object)
+
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
@@ -101,6 +104,7 @@ class DDUNetWidget(QWidget):
         self._cancel: threading.Event | None = None
         self._run_kind = "main"
         self._run_region: tuple[int, int, int, int] | None = None
+        self._run_output: str | None = None
         self._run_image_layer = None
         self._dirty = False
         self._restoring = True
@@ -178,6 +182,8 @@ class DDUNetWidget(QWidget):
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Checked if device in self._defaults.devices else Qt.CheckState.Unchecked)
             self.device_list.addItem(item)
+        if not self.devices():
+            self.device_list.item(0).setCheckState(Qt.CheckState.Checked)
         self.device_list.itemChanged.connect(self._save_state)
         run_form.addRow("Devices", self.device_list)
         out_row = QHBoxLayout()
@@ -189,6 +195,15 @@ class DDUNetWidget(QWidget):
         browse.clicked.connect(self._choose_output)
         out_row.addWidget(browse)
         run_form.addRow("Output", out_row)
+        self.budget_spin = QSpinBox()
+        self.budget_spin.setRange(0, 1 << 20)
+        self.budget_spin.setSingleStep(256)
+        self.budget_spin.setSuffix(" MiB")
+        self.budget_spin.setSpecialValueText("automatic")
+        self.budget_spin.setValue(self._defaults.memory_budget_mb)
+        self.budget_spin.setToolTip("Memory a run may use; the engine picks its schedule to fit (default: Preferences)")
+        self.budget_spin.valueChanged.connect(self._save_state)
+        run_form.addRow("Memory budget", self.budget_spin)
         self.view_check = QCheckBox("Current view only (quick preview)")
         self.view_check.setToolTip(
             "Run only the subdomains visible in the canvas; communication then sees only those subdomains"
@@ -297,12 +312,8 @@ class DDUNetWidget(QWidget):
     def _image_layers(self) -> list:
         from napari.layers import Image
 
-        skip = {self._run_image_layer} if self._run_kind == "compare" else set()
-        return [
-            layer
-            for layer in self.viewer.layers
-            if isinstance(layer, Image) and not layer.metadata.get("ddunet_derived") and layer not in skip
-        ]
+        layers = self.viewer.layers
+        return [layer for layer in layers if isinstance(layer, Image) and not layer.metadata.get("ddunet_derived")]
 
     def _on_layers_changed(self, event=None) -> None:
         current = self.image_combo.currentText()
@@ -407,6 +418,7 @@ class DDUNetWidget(QWidget):
             "current_view": self.view_check.isChecked(),
             "features": self.features_check.isChecked(),
             "show_grid": self.grid_check.isChecked(),
+            "memory_budget_mb": self.budget_spin.value(),
         }
 
     def _save_state(self, *_: Any) -> None:
@@ -428,6 +440,9 @@ class DDUNetWidget(QWidget):
         self.view_check.setChecked(bool(state.get("current_view", False)))
         self.features_check.setChecked(bool(state.get("features", self._defaults.features)))
         self.grid_check.setChecked(bool(state.get("show_grid", True)))
+        budget = state.get("memory_budget_mb")
+        if isinstance(budget, int) and budget >= 0:
+            self.budget_spin.setValue(budget)
 
     # ----------------------------------------------------------------- run
     def _update_buttons(self) -> None:
@@ -479,8 +494,8 @@ class DDUNetWidget(QWidget):
         }
         if communicate is not None:
             kwargs["communicate"] = communicate
-        if self._defaults.memory_budget_mb > 0:
-            kwargs["memory_budget"] = self._defaults.memory_budget_mb * 2**20
+        if self.budget_spin.value() > 0:
+            kwargs["memory_budget"] = self.budget_spin.value() * 2**20
         self._start_worker(layer, kind, region, kwargs)
 
     def _start_worker(self, layer, kind: str, region, kwargs: dict[str, Any]) -> None:
@@ -489,12 +504,15 @@ class DDUNetWidget(QWidget):
         from .core.engine import segment_iter
 
         self._cancel = kwargs["cancel"]
+        self._run_output = kwargs["output"]
         self._run_kind = kind
         self._run_region = region
         self._run_image_layer = layer
         self.result = None if kind == "main" else self.result
         self._labels_target = None
-        worker = create_worker(segment_iter, self._image_data(layer), self.model, _start_thread=False, **kwargs)
+        worker = create_worker(
+            segment_iter, self._image_data(layer), self.model, _start_thread=False, _ignore_errors=True, **kwargs
+        )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)
@@ -524,6 +542,7 @@ class DDUNetWidget(QWidget):
         self.progress.setFormat(f"{event.phase}: {event.done}/{event.total}")
         if event.region is not None:
             self._dirty = True
+        self.progressed.emit(event)
 
     def _labels_name(self, layer) -> str:
         return f"{layer.name} DDU-Net labels"
@@ -532,7 +551,7 @@ class DDUNetWidget(QWidget):
         """Show the engine's labels array at once; it fills in as the engine writes to it."""
         layer = self._run_image_layer
         name = self._labels_name(layer)
-        data, multiscale = labels_layer_data(labels)
+        data, multiscale = labels_layer_data(labels, output=self._run_output)
         info = self.model.info
         ya, xa = self._yx(layer)
         scale = np.asarray(layer.scale)[[ya, xa]]
@@ -551,6 +570,10 @@ class DDUNetWidget(QWidget):
             opacity=0.6,
             metadata={"ddunet_derived": True},
         )
+        self._raise_grid()
+
+    def _raise_grid(self) -> None:
+        """Keep the grid lines and indices above result layers."""
         for grid_name in (GRID_LAYER_NAME, GRID_LAYER_NAME + " indices"):
             if grid_name in self.viewer.layers:
                 self.viewer.layers.move(self.viewer.layers.index(grid_name), len(self.viewer.layers))
@@ -563,10 +586,7 @@ class DDUNetWidget(QWidget):
     def _on_returned(self, result) -> None:
         if self._run_kind == "main":
             self.result = result
-            if self.labels_layer is not None and result.labels is not None:
-                data, _ = labels_layer_data(result.labels, output=result.output)
-                if self.labels_layer.data is not data:
-                    self.labels_layer.data = data
+            if self.labels_layer is not None:
                 self.labels_layer.refresh()
         else:
             self._show_comparison(result)
@@ -615,21 +635,14 @@ class DDUNetWidget(QWidget):
                 downsampling=self.model.config.downsampling,
                 image_scale=np.asarray(layer.scale)[[ya, xa]],
                 image_translate=np.asarray(layer.translate)[[ya, xa]],
-                offset=self._feature_offset(result),
             )
-            added.append(self.viewer.add_image(maps, name=name, metadata={"ddunet_derived": True}, **kwargs))
+            visible = key == "communicated"  # toggle the eye to compare with the maps before communication
+            added.append(
+                self.viewer.add_image(maps, name=name, visible=visible, metadata={"ddunet_derived": True}, **kwargs)
+            )
+        self._raise_grid()
+        self.viewer.layers.selection.active = added[-1] if added else layer
         return added
-
-    def _feature_offset(self, result) -> tuple[int, int]:
-        """Image-pixel position of the feature mosaic's first pixel (non-zero for region runs)."""
-        region = self._run_region
-        maps = result.bottleneck
-        full = result.grid[0] * result.subdomain_size[0], result.grid[1] * result.subdomain_size[1]
-        s = self.model.config.downsampling
-        if region is None or (maps.shape[-2] * s >= full[0] and maps.shape[-1] * s >= full[1]):
-            return 0, 0
-        h, w = result.subdomain_size
-        return region[0] // h * h, region[2] // w * w
 
     def compare_without_communication(self) -> None:
         """Rerun the visible region with the exchange off; show it to the right of the image."""

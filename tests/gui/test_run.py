@@ -1,0 +1,143 @@
+"""Runs from the widget: same labels as segment(), zarr output, Cancel, feature maps, comparison, view-only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_ddunet import load_checkpoint, segment
+
+TIMEOUT = 60_000
+
+
+@pytest.fixture
+def image():
+    rng = np.random.default_rng(1)
+    return rng.random((96, 160)).astype(np.float32)
+
+
+def _ready(widget, checkpoint, image, **layer_kwargs):
+    layer = widget.viewer.add_image(image, name="img", **layer_kwargs)
+    assert widget.load_checkpoint(checkpoint)
+    widget.set_devices(["cpu"])
+    return layer
+
+
+def _run(widget, qtbot, **kwargs):
+    widget.run(**kwargs)
+    assert widget.worker is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT)
+
+
+def test_full_run_gives_the_labels_of_segment(widget, qtbot, checkpoint, image):
+    _ready(widget, checkpoint, image)
+    widget.features_check.setChecked(False)
+    _run(widget, qtbot)
+    layer = widget.viewer.layers["img DDU-Net labels"]
+    expected = segment(image, load_checkpoint(checkpoint), subdomain_size=(32, 32))
+    np.testing.assert_array_equal(np.asarray(layer.data), expected)
+    assert widget.progress.format().startswith("done")
+    assert widget.progress.value() == widget.progress.maximum()
+    assert layer.colormap.map(2)[..., :3].ravel().tolist() == pytest.approx([0.3, 0.6, 1.0])
+    assert list(layer.features["class"]) == ["background", "line", "circle"]
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert not widget.features_button.isEnabled()  # no feature maps asked for
+
+
+def test_run_into_a_zarr_store_shows_its_pyramid(widget, qtbot, checkpoint_factory, tmp_path):
+    image = np.random.default_rng(2).random((256, 256)).astype(np.float32)
+    checkpoint = checkpoint_factory("m.pt", subdomain=(64, 64))
+    _ready(widget, checkpoint, image)
+    widget.output_edit.setText(str(tmp_path / "out.zarr"))
+    _run(widget, qtbot)
+    layer = widget.viewer.layers["img DDU-Net labels"]
+    assert layer.multiscale and len(layer.data) >= 2
+    expected = segment(image, load_checkpoint(checkpoint))
+    np.testing.assert_array_equal(np.asarray(layer.data[0]), expected)
+    assert widget.result.output == str(tmp_path / "out.zarr")
+
+
+def test_bad_run_settings_are_a_notification(widget, qtbot, checkpoint, image, errors):
+    _ready(widget, checkpoint, image)
+    widget.set_subdomain_size((30, 32))  # depth 2: sides must be multiples of 4
+    _run(widget, qtbot)
+    assert len(errors) == 1 and "multiple of 2**depth = 4" in errors[0]
+    assert widget.progress.format() == "failed" and widget.run_button.isEnabled()
+
+
+def test_cancel_stops_a_run(widget, qtbot, checkpoint):
+    image = np.random.default_rng(3).random((1024, 1024)).astype(np.float32)
+    _ready(widget, checkpoint, image)
+    widget.features_check.setChecked(False)
+    widget.set_subdomain_size((32, 32))  # 1024 subdomains
+    widget.budget_spin.setValue(1)  # a small budget: the engine works row by row and checks Cancel often
+    events = []
+
+    def on_event(event):
+        events.append(event)
+        if event.phase == "write" and event.done == 1:  # Cancel once the first subdomain is written
+            widget.cancel_button.click()
+
+    widget.progressed.connect(on_event)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT)
+    assert widget.result.cancelled
+    assert events[-1].phase == "cancelled" and events[-1].done < events[-1].total
+    assert widget.progress.format().startswith("cancelled")
+    assert widget.run_button.isEnabled()
+
+
+def test_feature_maps_are_aligned_over_the_image(widget, qtbot, checkpoint, image):
+    _ready(widget, checkpoint, image, scale=(0.5, 2.0), translate=(10.0, -4.0))
+    _run(widget, qtbot)
+    assert widget.features_button.isEnabled()
+    before, after = widget.show_feature_maps()
+    assert before.data.shape == after.data.shape == (8, 96 // 4, 160 // 4)  # (F, H / 2**D, W / 2**D)
+    for layer in (before, after):
+        np.testing.assert_allclose(layer.scale, (1.0, 0.5 * 4, 2.0 * 4))
+        np.testing.assert_allclose(layer.translate, (0.0, 10.0 + 1.5 * 0.5, -4.0 + 1.5 * 2.0))
+    # bottleneck pixel (i, j) sits over the centre of image block rows 4i..4i+3, cols 4j..4j+3
+    img = widget.viewer.layers["img"]
+    centre = img.data_to_world((4 * 5 + 1.5, 4 * 7 + 1.5))
+    np.testing.assert_allclose(after.data_to_world((3, 5, 7))[1:], centre)
+    assert widget.viewer.dims.nsteps[0] == 8  # the channel slider
+    assert not before.visible and after.visible
+
+
+def test_compare_without_communication_side_by_side(widget, qtbot, checkpoint, image):
+    _ready(widget, checkpoint, image)
+    widget.features_check.setChecked(False)
+    _run(widget, qtbot)
+    widget.compare_button.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT)
+    viewer = widget.viewer
+    nocomm = viewer.layers["img labels without communication"]
+    copy = viewer.layers["img (no communication view)"]
+    assert nocomm.translate[1] == copy.translate[1] > 160  # to the right of the image
+    assert nocomm.translate[0] == copy.translate[0] == 0
+    model = load_checkpoint(checkpoint)
+    np.testing.assert_array_equal(np.asarray(nocomm.data), segment(image, model, communicate=False))
+    np.testing.assert_array_equal(np.asarray(viewer.layers["img DDU-Net labels"].data), segment(image, model))
+    assert widget.image_combo.currentText() == "img"  # the copy is not offered as an input
+
+
+def test_current_view_only_runs_the_visible_subdomains(widget, qtbot, checkpoint_factory):
+    image = np.random.default_rng(4).random((256, 384)).astype(np.float32)
+    checkpoint = checkpoint_factory("m.pt", subdomain=(32, 32))
+    _ready(widget, checkpoint, image)
+    viewer = widget.viewer
+    viewer.camera.center = (100.0, 200.0)
+    viewer.camera.zoom = 8.0
+    region = widget.current_view_region()
+    assert region is not None
+    y0, y1, x0, x1 = region
+    half = np.asarray(viewer.canvas.size) / 2 / 8.0
+    assert abs((y0 + y1) / 2 - 100) <= 1 and abs((y1 - y0) - 2 * half[0]) <= 2
+    assert abs((x0 + x1) / 2 - 200) <= 1 and abs((x1 - x0) - 2 * half[1]) <= 2
+    widget.view_check.setChecked(True)
+    widget.features_check.setChecked(False)
+    _run(widget, qtbot)
+    expected = segment(image, load_checkpoint(checkpoint), region=region)
+    np.testing.assert_array_equal(np.asarray(viewer.layers["img DDU-Net labels"].data), expected)
+    viewer.reset_view()
+    assert widget.current_view_region() is None
