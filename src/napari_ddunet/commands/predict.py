@@ -33,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--features", action="store_true",
                         help="also store the bottleneck mosaics before and after communication")
     parser.add_argument("--probabilities", action="store_true", help="also store class probabilities (float16)")
+    parser.add_argument("--logits", action="store_true", help="also store raw logits (compute dtype)")
     parser.add_argument("--channel-axis", type=int, default=None, choices=(0, -1),
                         help="channel axis of a 3D image: 0 (CYX) or -1 (YXC); guessed when absent")
     parser.add_argument("--no-communication", action="store_true",
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     steps = segment_iter(
         args.input, model, subdomain_size=tuple(args.subdomain_size) if args.subdomain_size else None,
         devices=devices, output=args.output, memory_budget=args.memory_budget, features=args.features,
-        probabilities=args.probabilities, channel_axis=args.channel_axis,
+        probabilities=args.probabilities, logits=args.logits, channel_axis=args.channel_axis,
         communicate=False if args.no_communication else None, resume=args.resume, overwrite=args.overwrite,
         dtype=torch.float64 if args.float64 else torch.float32, schedule=args.schedule, distributed=context,
     )

@@ -40,6 +40,8 @@ from .model import DDUNet
 from .sink import STORE_VERSION, Sink, check_output_location
 
 SCHEDULES = ("monolithic", "wavefront", "recompute", "streaming")
+#: Writer threads: every chunk has one subdomain, so writes of different subdomains never collide.
+WRITERS = 4
 #: Budget used when none is given: enough for whole small images, bounded for large ones.
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
@@ -111,7 +113,7 @@ def _weights_digest(model: DDUNet) -> str:
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """Byte estimates for one subdomain, from the real layer shapes (run on the meta device)."""
+    """Byte estimates for one subdomain, from the real layer shapes (the encoder run on one 2**D square)."""
 
     skips: int      # all encoder features of one subdomain (what the wavefront holds)
     work: int       # transient peak of encoding + decoding one subdomain
@@ -120,14 +122,17 @@ class MemoryModel:
     @classmethod
     def of(cls, model: DDUNet, subdomain: tuple[int, int], itemsize: int) -> MemoryModel:
         config = model.config
-        with torch.device("meta"):
-            meta = DDUNet(config).eval()
-            features = meta.encode(torch.empty(1, config.in_channels, *subdomain))
-        skips = sum(f.numel() for f in features) * itemsize
+        step = config.downsampling
+        parameter = next(model.parameters())
+        probe = torch.zeros(1, config.in_channels, step, step, dtype=parameter.dtype, device=parameter.device)
+        with torch.inference_mode():
+            shapes = [f.shape for f in model.encode(probe)]
         h, w = subdomain
-        largest = max(f.numel() for f in features)
-        work = (6 * largest + (config.in_channels + 3 * config.num_classes) * h * w) * itemsize
-        sent = config.comm_features * features[-1].shape[-2] * features[-1].shape[-1] * itemsize
+        # a level at 1/s of the probe's resolution is at 1/s of the subdomain's too
+        sizes = [s[1] * (h * s[2] // step) * (w * s[3] // step) for s in shapes]
+        skips = sum(sizes) * itemsize
+        work = (6 * max(sizes) + (config.in_channels + 3 * config.num_classes) * h * w) * itemsize
+        sent = config.comm_features * (h // step) * (w // step) * itemsize
         return cls(skips, work, sent)
 
 
@@ -274,20 +279,17 @@ def segment_iter(
     mem = MemoryModel.of(net, plan.subdomain, itemsize)
     chosen, batch, estimate = choose_schedule(mem, (r1 - r0) * (c1 - c0), c1 - c0, halo_rows, exchange,
                                               len(device_list), budget)
+    if schedule is not None:
+        if schedule == "streaming" and exchange:
+            raise EngineError("the streaming schedule needs a model without exchange (F=0, C=N or communicate=False)")
+        chosen = schedule if exchange or schedule == "monolithic" else "streaming"
+        batch = max(1, min(batch, c1 - c0))
     if distributed is not None and distributed.world > 1 and chosen in ("monolithic", "wavefront"):
         # each rank encodes all its rows before the halo exchange, so the wavefront holds a rank's whole band
         band_rows = math.ceil((r1 - r0) / distributed.world)
         fits = band_rows * (c1 - c0) * mem.skips + len(device_list) * batch * mem.work <= budget
-        chosen = ("wavefront" if fits else "recompute") if exchange else "streaming"
+        chosen = ("wavefront" if fits or schedule == "wavefront" else "recompute") if exchange else "streaming"
         batch = max(1, min(batch, c1 - c0))
-    if schedule is not None:
-        if schedule == "streaming" and exchange:
-            raise EngineError("the streaming schedule needs a model without exchange (F=0, C=N or communicate=False)")
-        if schedule in ("wavefront", "recompute") and not exchange:
-            schedule = "streaming"
-        chosen = schedule
-        if chosen == "monolithic":
-            batch = (r1 - r0) * (c1 - c0)
     if chosen == "monolithic":
         batch = (r1 - r0) * (c1 - c0)
 
@@ -355,7 +357,7 @@ def _execute(run: _Run) -> Generator[ProgressEvent, None, bool]:
     """Drive the chosen schedule; returns True when cancelled."""
     workers = DeviceWorkers(run.model, run.devices, run.dtype)
     reader = ThreadPoolExecutor(2, thread_name_prefix="ddunet-read")
-    writer = ThreadPoolExecutor(1, thread_name_prefix="ddunet-write")
+    writer = ThreadPoolExecutor(WRITERS, thread_name_prefix="ddunet-write")
     try:
         return (yield from _banded(run, workers, reader, writer))
     finally:
@@ -577,34 +579,29 @@ def _communicate(run: _Run, wa: int, wb: int, a: int, b: int) -> dict[tuple[int,
 
 
 def _write_encoded(sink: Sink, row: int, cols: list[int], sent: np.ndarray, features: bool) -> list:
-    for i, c in enumerate(cols):
-        sink.store_bottleneck(row, c, sent[i])
-        if features:
-            sink.write_features(row, c, "bottleneck", sent[i])
+    sink.store_bottleneck(row, cols, sent)
+    if features:
+        sink.write_features(row, cols, "bottleneck", sent)
     if "_work/encoded" in sink.arrays:
-        for c in cols:
-            sink.mark("encoded", slice(row, row + 1), slice(c, c + 1))
+        sink.mark("encoded", row, cols)
     return []
 
 
 def _write_communicated(sink: Sink, a: int, b: int, cols: list[int], received: dict) -> list:
     for r in range(a, b):
-        for c in cols:
-            sink.write_features(r, c, "communicated", received[(r, c)][0].numpy())
+        sink.write_features(r, cols, "communicated", torch.cat([received[(r, c)] for c in cols]).numpy())
     return []
 
 
 def _write_decoded(sink: Sink, row: int, cols: list[int], labels: np.ndarray, probs: np.ndarray | None,
                    logits: np.ndarray | None, before: np.ndarray | None, after: np.ndarray | None,
                    features: bool) -> list[tuple[int, int, int, int]]:
-    boxes = []
-    for i, c in enumerate(cols):
-        boxes.append(sink.write_tile(row, c, labels[i], None if probs is None else probs[i],
-                                     None if logits is None else logits[i]))
-        if features and before is not None:
-            sink.write_features(row, c, "bottleneck", before[i])
-            sink.write_features(row, c, "communicated", after[i])
-        sink.mark("done", slice(row, row + 1), slice(c, c + 1))
+    """All data of the subdomains first, then their "done" marks: a killed run never marks half-written work."""
+    boxes = sink.write_tiles(row, cols, labels, probs, logits)
+    if features and before is not None:
+        sink.write_features(row, cols, "bottleneck", before)
+        sink.write_features(row, cols, "communicated", after)
+    sink.mark("done", row, cols)
     return boxes
 
 

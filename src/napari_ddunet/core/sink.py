@@ -10,8 +10,9 @@ Store layout (a zarr v3 group, see docs/engine.md):
   ``_work/encoded`` and ``_work/done`` (rows, cols) uint8: the progress record that resume reads.
 
 Every array is chunked by whole subdomains (one chunk per subdomain per level), so each chunk has
-exactly one writer; the progress arrays are chunked by grid rows, and a row only ever has one writer
-(one writer thread per process, and distributed ranks own whole rows).
+exactly one writer; the progress arrays have one chunk per subdomain too. A subdomain is marked done only after
+all its data is written (zarr's local store writes each chunk atomically), so a killed run leaves a
+store whose done subdomains are complete.
 """
 
 from __future__ import annotations
@@ -109,8 +110,8 @@ class Sink:
         if path is not None:
             if f:
                 specs["_work/bottleneck"] = ((f, rows * hb, cols * wb), (f, hb, wb), compute_dtype)
-            specs["_work/encoded"] = ((rows, cols), (1, cols), np.dtype(np.uint8))
-        specs["_work/done"] = ((rows, cols), (1, cols), np.dtype(np.uint8))
+            specs["_work/encoded"] = ((rows, cols), (1, 1), np.dtype(np.uint8))
+        specs["_work/done"] = ((rows, cols), (1, 1), np.dtype(np.uint8))
         self.arrays: dict[str, Any] = {}
         if path is None:
             for name, (shape, _, dtype) in specs.items():
@@ -184,14 +185,10 @@ class Sink:
             return np.zeros(self.plan.grid, dtype=bool)
         return np.asarray(self.arrays["_work/encoded"][...], dtype=bool)
 
-    def mark(self, name: str, rows: slice, cols: slice, value: int = 1) -> None:
-        array = self.arrays[f"_work/{name}"]
-        if self.path is None:
-            array[rows, cols] = value
-            return
-        current = np.asarray(array[rows, :])
-        current[:, cols] = value
-        array[rows, :] = current
+    def mark(self, name: str, row: int, cols: list[int]) -> None:
+        """Record subdomains (row, c) as "encoded" or "done"; one chunk per subdomain, so no read-modify-write."""
+        for _, c0, c1 in _runs(cols):
+            self.arrays[f"_work/{name}"][row, c0:c1] = 1
 
     def set_attr(self, key: str, value: Any) -> None:
         self.meta = {**self.meta, key: value}
@@ -200,46 +197,76 @@ class Sink:
 
     # -- subdomain writes ---------------------------------------------------------------------
 
-    def write_tile(self, row: int, col: int, labels: np.ndarray, probabilities: np.ndarray | None,
-                   logits: np.ndarray | None) -> tuple[int, int, int, int]:
-        """Write the (uncropped) results of one subdomain; returns its (y0, y1, x0, x1) in the image."""
-        y0, y1, x0, x1 = self.plan.cropped_box(row, col)
-        hy, wx = y1 - y0, x1 - x0
-        level_labels = labels
-        for level in range(self.levels):
-            if level:
-                level_labels = downsample_mode(level_labels)
-            s = 2 ** level
-            ly0, lx0 = y0 // s, x0 // s
-            target = self.arrays[f"labels/{level}"]
-            ly1 = min(target.shape[0], ly0 + level_labels.shape[0])
-            lx1 = min(target.shape[1], lx0 + level_labels.shape[1])
-            target[ly0:ly1, lx0:lx1] = level_labels[: ly1 - ly0, : lx1 - lx0]
-        if probabilities is not None and "probabilities" in self.arrays:
-            self.arrays["probabilities"][:, y0:y1, x0:x1] = probabilities[:, :hy, :wx].astype(np.float16)
-        if logits is not None and "logits" in self.arrays:
-            self.arrays["logits"][:, y0:y1, x0:x1] = logits[:, :hy, :wx]
-        return y0, y1, x0, x1
+    def write_tiles(self, row: int, cols: list[int], labels: np.ndarray, probabilities: np.ndarray | None,
+                    logits: np.ndarray | None) -> list[tuple[int, int, int, int]]:
+        """Write the (uncropped) results of subdomains (row, c); one zarr call per level and run of columns.
 
-    def write_features(self, row: int, col: int, name: str, tile: np.ndarray) -> None:
-        """One subdomain's F-channel bottleneck ("bottleneck") or communicated map ("communicated")."""
+        Returns each subdomain's (y0, y1, x0, x1) box in the image.
+        """
+        h, w = self.plan.subdomain
+        height, width = self.plan.image_shape
+        y0, y1 = row * h, min((row + 1) * h, height)
+        for i, c0, c1 in _runs(cols):
+            n = c1 - c0
+            x0, x1 = c0 * w, min(c1 * w, width)
+            level_labels = _side_by_side(labels[i:i + n][:, None])[0]
+            for level in range(self.levels):
+                if level:
+                    level_labels = downsample_mode(level_labels)
+                s = 2 ** level
+                target = self.arrays[f"labels/{level}"]
+                ly0, lx0 = y0 // s, x0 // s
+                ly1 = min(target.shape[0], ly0 + level_labels.shape[0])
+                lx1 = min(target.shape[1], lx0 + level_labels.shape[1])
+                target[ly0:ly1, lx0:lx1] = level_labels[: ly1 - ly0, : lx1 - lx0]
+            if probabilities is not None and "probabilities" in self.arrays:
+                block = _side_by_side(probabilities[i:i + n])
+                self.arrays["probabilities"][:, y0:y1, x0:x1] = block[:, : y1 - y0, : x1 - x0].astype(np.float16)
+            if logits is not None and "logits" in self.arrays:
+                self.arrays["logits"][:, y0:y1, x0:x1] = _side_by_side(logits[i:i + n])[:, : y1 - y0, : x1 - x0]
+        return [self.plan.cropped_box(row, c) for c in cols]
+
+    def write_features(self, row: int, cols: list[int], name: str, tiles: np.ndarray) -> None:
+        """F-channel bottleneck ("bottleneck") or communicated ("communicated") maps of subdomains (row, c)."""
         if name not in self.arrays:
             return
         hb, wb = self.plan.bottleneck_tile
         target = self.arrays[name]
-        y0, x0 = row * hb, col * wb
-        y1, x1 = min(target.shape[1], y0 + hb), min(target.shape[2], x0 + wb)
-        target[:, y0:y1, x0:x1] = tile[:, : y1 - y0, : x1 - x0]
+        y0 = row * hb
+        y1 = min(target.shape[1], y0 + hb)
+        for i, c0, c1 in _runs(cols):
+            x0, x1 = c0 * wb, min(target.shape[2], c1 * wb)
+            target[:, y0:y1, x0:x1] = _side_by_side(tiles[i:i + c1 - c0])[:, : y1 - y0, : x1 - x0]
 
-    def store_bottleneck(self, row: int, col: int, tile: np.ndarray) -> None:
-        """Keep one subdomain's F-channel bottleneck for resume (zarr stores only)."""
-        if "_work/bottleneck" in self.arrays:
-            hb, wb = self.plan.bottleneck_tile
-            self.arrays["_work/bottleneck"][:, row * hb:(row + 1) * hb, col * wb:(col + 1) * wb] = tile
+    def store_bottleneck(self, row: int, cols: list[int], tiles: np.ndarray) -> None:
+        """Keep the F-channel bottlenecks of subdomains (row, c) for resume (zarr stores only)."""
+        if "_work/bottleneck" not in self.arrays:
+            return
+        hb, wb = self.plan.bottleneck_tile
+        for i, c0, c1 in _runs(cols):
+            self.arrays["_work/bottleneck"][:, row * hb:(row + 1) * hb, c0 * wb:c1 * wb] = \
+                _side_by_side(tiles[i:i + c1 - c0])
 
     def load_bottleneck(self, row: int, col: int) -> np.ndarray:
         hb, wb = self.plan.bottleneck_tile
         return np.asarray(self.arrays["_work/bottleneck"][:, row * hb:(row + 1) * hb, col * wb:(col + 1) * wb])
+
+
+def _runs(cols: list[int]) -> list[tuple[int, int, int]]:
+    """Contiguous runs of column indices as (position in cols, first col, end col)."""
+    runs: list[tuple[int, int, int]] = []
+    start = 0
+    for i in range(1, len(cols) + 1):
+        if i == len(cols) or cols[i] != cols[i - 1] + 1:
+            runs.append((start, cols[start], cols[i - 1] + 1))
+            start = i
+    return runs
+
+
+def _side_by_side(tiles: np.ndarray) -> np.ndarray:
+    """(n, C, h, w) subdomains of one row -> (C, h, n*w)."""
+    n, c, h, w = tiles.shape
+    return tiles.transpose(1, 2, 0, 3).reshape(c, h, n * w)
 
 
 def open_output(path: str | Path) -> dict[str, Any]:
