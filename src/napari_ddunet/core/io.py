@@ -93,17 +93,24 @@ def _open_path(path: Path) -> tuple[Any, list[str] | None]:
 
 
 def _squeeze_axes(array: Any, names: list[str] | None) -> tuple[Any, list[str] | None]:
-    """Drop singleton leading axes (t, z of OME-Zarr) so a 2D image remains."""
-    while array.ndim > 3 and array.shape[0] == 1:
-        array = array[0]
-        names = names[1:] if names else None
-    if names is not None and len(names) == 3 and array.ndim == 3:
-        for i, n in enumerate(names):
-            if n not in ("y", "x", "c") and array.shape[i] == 1:
-                array = array[(slice(None),) * i + (0,)]
-                names = names[:i] + names[i + 1:]
-                break
-    return array, names
+    """Drop singleton axes other than c, y, x (t, z of OME-Zarr; leading ones when unnamed), lazily."""
+    shape = tuple(int(n) for n in array.shape)
+    if names is not None and len(names) == len(shape):
+        drop = [i for i, (n, s) in enumerate(zip(names, shape, strict=True)) if s == 1 and n not in ("c", "y", "x")]
+    else:
+        names = None
+        drop = []
+        while len(shape) - len(drop) > 3 and shape[len(drop)] == 1:
+            drop.append(len(drop))
+    if not drop:
+        return array, names
+    import dask.array as da
+
+    if not _is_dask(array):
+        chunks = getattr(array, "chunks", None)
+        array = da.from_array(array, chunks=chunks if isinstance(chunks, tuple) else "auto")
+    array = array[tuple(0 if i in drop else slice(None) for i in range(len(shape)))]
+    return array, None if names is None else [n for i, n in enumerate(names) if i not in drop]
 
 
 @dataclass

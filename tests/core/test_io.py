@@ -1,0 +1,106 @@
+"""Lazy image sources: TIFF, OME-Zarr, zarr, dask, channel layouts, dtypes, NaN/inf reports."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_ddunet.core.io import InputError, check_finite, open_image
+
+
+@pytest.fixture
+def rgb() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, size=(50, 70, 3), dtype=np.uint8)
+
+
+def test_layouts_and_reflected_reads(rgb):
+    yxc = open_image(rgb, in_channels=3)
+    cyx = open_image(np.moveaxis(rgb, -1, 0).copy(), in_channels=3)
+    assert yxc.shape == cyx.shape == (50, 70) and yxc.channels == 3
+    np.testing.assert_array_equal(yxc.read(10, 20, 30, 45), cyx.read(10, 20, 30, 45))
+    np.testing.assert_array_equal(yxc.read(10, 20, 30, 45), np.moveaxis(rgb[10:20, 30:45], -1, 0))
+    padded = np.pad(np.moveaxis(rgb, -1, 0).astype(float), ((0, 0), (0, 14), (0, 10)), mode="reflect")
+    np.testing.assert_array_equal(yxc.read(32, 64, 40, 80), padded[:, 32:64, 40:80])
+    gray = open_image(rgb[..., 0], in_channels=1)
+    assert gray.read(0, 2, 0, 2).shape == (1, 2, 2) and gray.read(0, 2, 0, 2).dtype == np.float64
+
+
+def test_rgba_feeds_rgb_model_and_mismatches_fail(rgb):
+    rgba = np.concatenate([rgb, np.full((50, 70, 1), 255, np.uint8)], axis=-1)
+    source = open_image(rgba, in_channels=3)
+    assert source.channels == 3
+    np.testing.assert_array_equal(source.read(0, 5, 0, 5), np.moveaxis(rgb[:5, :5], -1, 0))
+    with pytest.raises(InputError, match=r"3 channels \(YXC, shape \(50, 70, 3\)\) but the checkpoint expects 1"):
+        open_image(rgb, in_channels=1)
+    with pytest.raises(InputError, match=r"1 channel .* expects 3"):
+        open_image(rgb[..., 0], in_channels=3)
+    with pytest.raises(InputError, match="dimensionality"):
+        open_image(np.zeros((2, 3, 10, 10)), in_channels=1)
+    with pytest.raises(InputError, match="cannot tell the channel axis"):
+        open_image(np.zeros((10, 12, 14)), in_channels=1)
+    with pytest.raises(InputError, match="pixel type"):
+        open_image(np.zeros((10, 12), dtype=complex), in_channels=1)
+    assert open_image(np.zeros((10, 12, 14)), in_channels=14, channel_axis=-1).channels == 14
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float16, np.float32, np.float64])
+def test_any_int_or_float_dtype(dtype):
+    image = (np.arange(60).reshape(6, 10) % 50).astype(dtype)
+    np.testing.assert_array_equal(open_image(image, in_channels=1).read(0, 6, 0, 10)[0], image.astype(float))
+
+
+def test_tiff_is_read_lazily_with_its_axes(tmp_path, rgb):
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, tile=(32, 32))
+    source = open_image(tmp_path / "rgb.tif", in_channels=3)
+    assert isinstance(source.array, zarr.Array)       # tifffile's zarr store, not a loaded array
+    assert source.shape == (50, 70)
+    np.testing.assert_array_equal(source.read(5, 45, 3, 66), np.moveaxis(rgb[5:45, 3:66], -1, 0))
+    planar = np.moveaxis(rgb, -1, 0).copy()
+    tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(open_image(str(tmp_path / "planar.tif"), in_channels=3).read(0, 50, 0, 70), planar)
+
+
+def test_ome_zarr_level0_and_plain_zarr(tmp_path, rgb):
+    root = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w")
+    data = np.moveaxis(rgb, -1, 0)[None, :, None]           # t, c, z, y, x
+    root.create_array("s0", data=data, chunks=(1, 1, 1, 32, 32))
+    root.create_array("s1", data=data[..., ::2, ::2])
+    axes = [{"name": n, "type": t} for n, t in zip("tczyx", ["time", "channel", "space", "space", "space"],
+                                                     strict=True)]
+    root.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [{"path": "s0"},
+                                                                                       {"path": "s1"}]}]}
+    source = open_image(tmp_path / "img.ome.zarr", in_channels=3)
+    assert source.shape == (50, 70) and source.channel_axis == 0
+    np.testing.assert_array_equal(source.read(0, 50, 0, 70), np.moveaxis(rgb, -1, 0))
+    plain = zarr.create_array(str(tmp_path / "plain.zarr"), shape=(50, 70), chunks=(16, 16), dtype="u2")
+    plain[...] = rgb[..., 0]
+    np.testing.assert_array_equal(open_image(str(tmp_path / "plain.zarr"), in_channels=1).read(0, 50, 0, 70)[0],
+                                  rgb[..., 0])
+    lazy = da.from_array(rgb, chunks=(16, 16, 3))
+    np.testing.assert_array_equal(open_image(lazy, in_channels=3).read(0, 50, 0, 70), np.moveaxis(rgb, -1, 0))
+
+
+def test_missing_and_unsupported_paths(tmp_path):
+    with pytest.raises(InputError, match="input not found"):
+        open_image(tmp_path / "nope.tif")
+    (tmp_path / "x.png").write_bytes(b"\x89PNG")
+    with pytest.raises(InputError, match="unsupported input format"):
+        open_image(tmp_path / "x.png")
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00junk")
+    with pytest.raises(InputError, match="cannot read TIFF"):
+        open_image(tmp_path / "bad.tif")
+
+
+def test_nan_and_inf_are_counted_and_located():
+    image = np.zeros((2, 3000, 40), dtype=np.float32)
+    image[1, 2500, 7] = np.inf
+    image[0, 2900, 1] = np.nan
+    with pytest.raises(InputError, match=r"2 NaN/inf values; first at \(y=2500, x=7, channel 1\)"):
+        check_finite(open_image(image, in_channels=2))
+    check_finite(open_image(np.zeros((5, 5), dtype=np.uint8), in_channels=1))
+    lazy = da.from_array(image[0], chunks=(700, 40))
+    with pytest.raises(InputError, match=r"1 NaN/inf value; first at \(y=2900, x=1"):
+        check_finite(open_image(lazy, in_channels=1))
