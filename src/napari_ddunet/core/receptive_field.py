@@ -359,7 +359,7 @@ def comm_halo_pixels(config: ModelConfig) -> int:
 # -- measurement with autograd ---------------------------------------------------------------------
 
 
-def _positive_copy(model: DDUNet) -> DDUNet:
+def positive_probe(model: DDUNet) -> DDUNet:
     """A float64 eval copy whose activations are all positive, so no gradient vanishes by chance.
 
     Weights are positive and scaled by fan-in (values stay of order one), BatchNorm becomes
@@ -396,7 +396,7 @@ def measured_support(model: DDUNet, shape: tuple[int, int], pixel: tuple[int, in
     max-pool's gradient to one element only, so these two runs reach the two extreme corners
     of the support. The support must not touch the image border (choose ``shape`` so).
     """
-    probe = _positive_copy(model)
+    probe = positive_probe(model)
     height, width = shape
     rows = torch.arange(height, dtype=torch.float64).view(-1, 1) / height
     cols = torch.arange(width, dtype=torch.float64).view(1, -1) / width
