@@ -201,6 +201,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> DDU
     """Rebuild the model in eval mode; ``model.info`` holds the :class:`CheckpointInfo`."""
     info, state = read_checkpoint_info(path)
     model = DDUNet(info.config)
+    dtypes = {v.dtype for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    if len(dtypes) == 1:  # keep saved float64 (or half) weights bit-exact instead of casting to float32
+        model = model.to(dtype=dtypes.pop())
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
