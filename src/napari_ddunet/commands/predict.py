@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
                 break
             if event.phase == "prepare":
                 print(f"{rank}{event.message}", file=sys.stderr)
-                bar = tqdm(total=event.total, unit="subdomain", desc=f"{rank}segment", disable=args.quiet,
-                           file=sys.stderr)
+                bar = tqdm(total=event.total, initial=event.done, unit="subdomain", desc=f"{rank}segment",
+                           disable=args.quiet, file=sys.stderr)
             elif event.phase == "write" and bar is not None:
                 bar.update(1)
     finally:

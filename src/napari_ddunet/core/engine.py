@@ -125,13 +125,18 @@ class MemoryModel:
         step = config.downsampling
         parameter = next(model.parameters())
         probe = torch.zeros(1, config.in_channels, step, step, dtype=parameter.dtype, device=parameter.device)
-        with torch.inference_mode():
-            shapes = [f.shape for f in model.encode(probe)]
+        training = model.training
+        model.eval()   # a probe in training mode would update BatchNorm statistics
+        try:
+            with torch.inference_mode():
+                shapes = [f.shape for f in model.encode(probe)]
+        finally:
+            model.train(training)
         h, w = subdomain
         # a level at 1/s of the probe's resolution is at 1/s of the subdomain's too
         sizes = [s[1] * (h * s[2] // step) * (w * s[3] // step) for s in shapes]
         skips = sum(sizes) * itemsize
-        work = (6 * max(sizes) + (config.in_channels + 3 * config.num_classes) * h * w) * itemsize
+        work = (8 * max(sizes) + (config.in_channels + 3 * config.num_classes) * h * w) * itemsize
         sent = config.comm_features * (h // step) * (w // step) * itemsize
         return cls(skips, work, sent)
 
@@ -333,8 +338,13 @@ def segment_iter(
     message = (f"{config.notation} on a {plan.rows}x{plan.cols} grid of {plan.subdomain[0]}x{plan.subdomain[1]} "
                f"subdomains, schedule {chosen} (estimated peak {estimate / 1e6:.0f} MB of a "
                f"{budget / 1e6:.0f} MB budget), devices {', '.join(str(d) for d in device_list)}")
-    total_tiles = (r1 - r0) * (c1 - c0)
-    yield ProgressEvent("prepare", 0, total_tiles, outputs=sink.outputs(), message=message)
+    mine = (r0, r1)
+    if distributed is not None and distributed.world > 1:
+        mine = distributed.own_rows(r0, r1, halo_rows)
+        message += f"; rank {distributed.rank} of {distributed.world} owns grid rows {mine[0]}..{mine[1] - 1}"
+    total_tiles = (mine[1] - mine[0]) * (c1 - c0)
+    finished = int(sink.done_mask()[mine[0]:mine[1], c0:c1].sum()) if resume else 0
+    yield ProgressEvent("prepare", finished, total_tiles, outputs=sink.outputs(), message=message)
 
     run = _Run(net, source, plan, rect, sink, device_list, dtype, chosen, batch, exchange, per_tile_comm,
                halo_rows, mean, std, probabilities, logits, features, cancel, resume, distributed)
@@ -344,8 +354,8 @@ def segment_iter(
     if not cancelled and (distributed is None or distributed.rank == 0):
         sink.set_attr("complete", bool(sink.done_mask()[r0:r1, c0:c1].all()))
     outs = sink.outputs()
-    yield ProgressEvent("cancelled" if cancelled else "done", total_tiles if not cancelled else
-                        int(sink.done_mask()[r0:r1, c0:c1].sum()), total_tiles, message=message)
+    finished = int(sink.done_mask()[mine[0]:mine[1], c0:c1].sum())
+    yield ProgressEvent("cancelled" if cancelled else "done", finished, total_tiles, message=message)
     return SegmentationResult(
         labels=outs["labels"], probabilities=outs.get("probabilities"), bottleneck=outs.get("bottleneck"),
         communicated=outs.get("communicated"), grid=plan.grid, subdomain_size=plan.subdomain, schedule=chosen,
@@ -386,6 +396,8 @@ def _banded(run: _Run, workers: DeviceWorkers, reader: ThreadPoolExecutor,
 
     need_rows = sorted({r for a, b in decode_bands for r in range(*window(a, b))}) if run.exchange else []
     decode_total = int(sum((~run.done[a:b, c0:c1]).sum() for a, b in decode_bands))
+    own_tiles = sum(b - a for a, b in bands) * len(cols)
+    already = own_tiles - decode_total
     encode_total = 0
     for r in need_rows:
         for c in cols:
@@ -432,7 +444,7 @@ def _banded(run: _Run, workers: DeviceWorkers, reader: ThreadPoolExecutor,
         while writes and (block or writes[0].done()):
             for box in writes.popleft().result():
                 counters["write"] += 1
-                yield ProgressEvent("write", counters["write"], decode_total, region=box)
+                yield ProgressEvent("write", already + counters["write"], own_tiles, region=box)
 
     if mono and run.exchange:
         # one encode job for the whole grid, as the monolithic forward does
@@ -556,7 +568,7 @@ def _decode_job(run: _Run, read: Future | None, held: list[list[torch.Tensor]] |
             if want_features:
                 before, after = sent.to("cpu").numpy(), out.to("cpu").numpy()
         logits = replica.decode([*feats[:-1], bottleneck])
-        labels = logits.argmax(1).to("cpu").numpy()
+        labels = logits.argmax(1).to(torch.uint8 if logits.shape[1] <= 256 else torch.int32).to("cpu").numpy()
         probs = torch.softmax(logits, 1).to("cpu").numpy() if want_probs else None
         raw = logits.to("cpu").numpy() if want_logits else None
         return labels, probs, raw, before, after

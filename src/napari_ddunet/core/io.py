@@ -158,16 +158,18 @@ class ImageSource:
         block = self._take(slice(ya, yb), slice(xa, xb))
         return block[:, ry - ya][:, :, rx - xa]
 
-    def bands(self, rows: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
-        """Whole-width row bands (y0, (C, h, W) float64) for chunk-wise scans of the image."""
+    def blocks(self, side: int = 1024) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(y0, x0, (C, h, w) float64) blocks of about side x side pixels, aligned to the storage chunks,
+        so that a scan of the whole image holds one block at a time whatever the image size."""
         height, width = self.shape
-        chunk_rows = getattr(self.array, "chunks", None)
-        if isinstance(chunk_rows, tuple) and chunk_rows and isinstance(chunk_rows[0], int):
-            axis = 1 if self.channel_axis == 0 else 0
-            step = chunk_rows[axis]
-            rows = max(step, rows // step * step)
-        for y0 in range(0, height, rows):
-            yield y0, self._take(slice(y0, min(height, y0 + rows)), slice(0, width))
+        steps = [side, side]
+        chunks = getattr(self.array, "chunks", None)
+        if isinstance(chunks, tuple) and chunks and all(isinstance(c, int) for c in chunks):
+            spatial = [c for i, c in enumerate(chunks) if i != self.channel_axis]
+            steps = [max(c, side // c * c) for c in spatial]
+        for y0 in range(0, height, steps[0]):
+            for x0 in range(0, width, steps[1]):
+                yield y0, x0, self._take(slice(y0, min(height, y0 + steps[0])), slice(x0, min(width, x0 + steps[1])))
 
 
 def _channel_axis(shape: tuple[int, ...], names: list[str] | None, channel_axis: int | None,
@@ -251,20 +253,20 @@ def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int 
 def check_finite(source: ImageSource) -> None:
     """Raise :class:`InputError` naming how many pixels are NaN/inf and where the first one is.
 
-    Integer images cannot hold them and are not scanned; float images are scanned band by band,
-    so the check costs one read of the image but never holds more than one band.
+    Integer images cannot hold them and are not scanned; float images are scanned block by block,
+    so the check costs one read of the image but never holds more than one block.
     """
     if not np.issubdtype(source.dtype, np.floating):
         return
     count = 0
     first: tuple[int, int, int] | None = None
-    for y0, band in source.bands():
-        bad = ~np.isfinite(band)
+    for y0, x0, block in source.blocks():
+        bad = ~np.isfinite(block)
         n = int(bad.sum())
         if n:
-            if first is None:
-                y, x = np.unravel_index(int(np.argmax(bad.any(axis=0))), bad.shape[1:])
-                first = (int(y0 + y), int(x), int(np.argmax(bad[:, y, x])))
+            y, x = np.unravel_index(int(np.argmax(bad.any(axis=0))), bad.shape[1:])
+            here = (int(y0 + y), int(x0 + x), int(np.argmax(bad[:, y, x])))
+            first = here if first is None else min(first, here)
             count += n
     if count:
         y, x, c = first

@@ -120,9 +120,12 @@ class Sink:
             return
         import zarr
 
-        if resume and path.exists():
-            root = zarr.open_group(str(path), mode="r+")
-            stored = dict(root.attrs).get("napari_ddunet")
+        if resume and (path / "zarr.json").exists():
+            try:
+                root = zarr.open_group(str(path), mode="r+")
+                stored = dict(root.attrs).get("napari_ddunet")
+            except Exception as error:
+                raise OutputError(f"cannot resume: {path} is not a readable zarr store ({error})") from None
             if not isinstance(stored, dict):
                 raise OutputError(f"cannot resume: {path} is not a napari-ddunet output")
             for key in ("store_version", "notation", "weights", "image_shape", "subdomain_size", "region",
@@ -132,8 +135,11 @@ class Sink:
                         f"cannot resume {path}: it was made with {key}={stored.get(key)!r}, this run has "
                         f"{meta.get(key)!r}; use overwrite instead"
                     )
-            for name in specs:
-                self.arrays[name] = root[name]
+            try:
+                for name in specs:
+                    self.arrays[name] = root[name]
+            except KeyError as error:
+                raise OutputError(f"cannot resume: {path} lacks {error}; use overwrite instead") from None
             self.root = root
             self.meta = stored
             return
