@@ -29,3 +29,55 @@ def make_two_circles():
         (image, {"name": "two circles"}, "image"),
         (truth, {"name": "two circles ground truth", "visible": False}, "labels"),
     ]
+
+
+# -- the paper's task, real data and the gigapixel canvas (pure generators in core/samples.py) ----
+
+
+def _labels_colormap(colors) -> dict:
+    """napari DirectLabelColormap dict from RGBA class colours (label k gets colour k)."""
+    return {None: (0.0, 0.0, 0.0, 0.0), **{k: tuple(c) for k, c in enumerate(colors)}}
+
+
+def _layers(key: str, name: str, image, mask, colors, image_kwargs=None, mask_kwargs=None) -> list:
+    from .core.samples import sample_metadata
+
+    meta = sample_metadata(key)
+    return [
+        (image, {"name": name, "metadata": dict(meta), **(image_kwargs or {})}, "image"),
+        (mask, {"name": f"{name} ground truth", "metadata": dict(meta), "visible": False,
+                "colormap": _labels_colormap(colors), **(mask_kwargs or {})}, "labels"),
+    ]
+
+
+def make_synthetic_strip():
+    """npe2 sample: the paper's 1 x 8 strip of 32 px subdomains with one circle pair, and its mask."""
+    from .core import samples, synthetic
+
+    image, mask = samples.synthetic_strip_sample()
+    return _layers("synthetic_strip", "two-circles strip", image, mask, synthetic.CLASS_COLORS)
+
+
+def make_synthetic_grid():
+    """npe2 sample: an 8 x 8 grid of 32 px subdomains with 8 circle pairs, and its mask."""
+    from .core import samples, synthetic
+
+    image, mask = samples.synthetic_grid_sample()
+    return _layers("synthetic_grid", "two-circles grid", image, mask, synthetic.CLASS_COLORS)
+
+
+def make_bluemarble():
+    """npe2 sample: NASA Blue Marble (5400 x 2700 RGB) with its GSHHS ocean / land / lake mask."""
+    from .core import bluemarble, samples
+
+    image, mask = samples.bluemarble_sample()
+    return _layers("bluemarble", "Blue Marble", image, mask, bluemarble.CLASS_COLORS, {"rgb": True})
+
+
+def make_synthetic_huge():
+    """npe2 sample: a 40960 x 40960 procedural two-circles canvas, rendered chunk by chunk on demand."""
+    from .core import samples, synthetic
+
+    image, mask = samples.huge_synthetic_sample()
+    return _layers("synthetic_huge", "gigapixel two circles", image, mask, synthetic.CLASS_COLORS,
+                   {"multiscale": True, "contrast_limits": (0.0, 1.0)}, {"multiscale": True})
