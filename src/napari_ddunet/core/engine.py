@@ -321,7 +321,7 @@ def segment_iter(
         "class_colors": colors,
         "complete": False,
     }
-    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    np_dtype = _host(torch.empty((), dtype=dtype)).dtype
     attach = distributed is not None and distributed.world > 1 and distributed.rank != 0
     if distributed is not None and distributed.world > 1:
         if distributed.rank == 0:
@@ -421,7 +421,7 @@ def _banded(run: _Run, workers: DeviceWorkers, reader: ThreadPoolExecutor,
             else:
                 todo.append(c)
         for c in load:
-            run.bott[(row, c)] = torch.from_numpy(sink.load_bottleneck(row, c))
+            run.bott[(row, c)] = torch.from_numpy(sink.load_bottleneck(row, c)).to(run.dtype)
         jobs = []
         for group in _batches(todo, run.batch):
             read = reader.submit(run.read_tiles, row, group)
@@ -436,7 +436,7 @@ def _banded(run: _Run, workers: DeviceWorkers, reader: ThreadPoolExecutor,
                 run.bott[(row, c)] = sent[i]
                 if feats is not None and not run.done[row, c]:
                     run.held[(row, c)] = [t[i:i + 1] for t in feats]
-            writes.append(writer.submit(_write_encoded, sink, row, group, sent.numpy(), run.want_features))
+            writes.append(writer.submit(_write_encoded, sink, row, group, _host(sent), run.want_features))
             counters["encode"] += len(group)
             yield ProgressEvent("encode", counters["encode"], encode_total, message=f"encoded row {row}")
 
@@ -458,7 +458,7 @@ def _banded(run: _Run, workers: DeviceWorkers, reader: ThreadPoolExecutor,
             if not run.done[r, c]:
                 run.held[(r, c)] = [t[i:i + 1] for t in feats]
         for j, r in enumerate(todo_rows):
-            writes.append(writer.submit(_write_encoded, sink, r, cols, sent[j * n:(j + 1) * n].numpy(),
+            writes.append(writer.submit(_write_encoded, sink, r, cols, _host(sent[j * n:(j + 1) * n]),
                                         run.want_features))
         del feats
         counters["encode"] = encode_total = len(todo_rows) * n
@@ -537,6 +537,14 @@ def _collect_decode(run: _Run, item: tuple, writer: ThreadPoolExecutor, writes: 
         yield ProgressEvent("decode", counters["decode"], total, message=f"decoded row {row}")
 
 
+def _host(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor as a numpy array on the host; bfloat16 (which numpy lacks) becomes float32."""
+    tensor = tensor.detach().to("cpu")
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
 def _encode_job(read: Future, keep: bool, f: int, dtype: torch.dtype) -> Callable:
     def job(replica: DDUNet, device: torch.device) -> tuple[list[torch.Tensor] | None, torch.Tensor]:
         x = torch.from_numpy(read.result()).to(device=device, dtype=dtype)
@@ -566,11 +574,11 @@ def _decode_job(run: _Run, read: Future | None, held: list[list[torch.Tensor]] |
             out = replica.comm(sent)
             bottleneck = torch.cat([bottleneck[:, :split], out], dim=1)
             if want_features:
-                before, after = sent.to("cpu").numpy(), out.to("cpu").numpy()
+                before, after = _host(sent), _host(out)
         logits = replica.decode([*feats[:-1], bottleneck])
-        labels = logits.argmax(1).to(torch.uint8 if logits.shape[1] <= 256 else torch.int32).to("cpu").numpy()
-        probs = torch.softmax(logits, 1).to("cpu").numpy() if want_probs else None
-        raw = logits.to("cpu").numpy() if want_logits else None
+        labels = _host(logits.argmax(1).to(torch.uint8 if logits.shape[1] <= 256 else torch.int32))
+        probs = _host(torch.softmax(logits.float(), 1)) if want_probs else None
+        raw = _host(logits) if want_logits else None
         return labels, probs, raw, before, after
     return job
 
@@ -601,7 +609,7 @@ def _write_encoded(sink: Sink, row: int, cols: list[int], sent: np.ndarray, feat
 
 def _write_communicated(sink: Sink, a: int, b: int, cols: list[int], received: dict) -> list:
     for r in range(a, b):
-        sink.write_features(r, cols, "communicated", torch.cat([received[(r, c)] for c in cols]).numpy())
+        sink.write_features(r, cols, "communicated", _host(torch.cat([received[(r, c)] for c in cols])))
     return []
 
 
