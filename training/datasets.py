@@ -54,6 +54,13 @@ def set_epoch(dataset: Dataset, epoch: int) -> None:
         dataset.epoch = epoch
 
 
+def evenly_spaced(dataset: Dataset, count: int) -> Dataset:
+    """At most ``count`` items of ``dataset``, spread evenly over it (quick evaluations)."""
+    if count >= len(dataset):
+        return dataset
+    return torch.utils.data.Subset(dataset, np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist())
+
+
 # -- synthetic -------------------------------------------------------------------------------
 
 

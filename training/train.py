@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--test-size", type=int, default=1000, help="synthetic test images")
     data.add_argument("--samples-per-epoch", type=int,
                       help="random crops per epoch for image datasets (default: as many as tile the training set)")
+    data.add_argument("--eval-samples", type=int,
+                      help="use at most this many validation and test samples (evenly spaced; quick runs)")
     data.add_argument("--num-classes", type=int, help="image datasets: number of classes (default: max label + 1)")
     data.add_argument("--class-names", nargs="+", help="image datasets: one name per class")
     data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
@@ -126,9 +128,9 @@ def resolve_geometry(args: argparse.Namespace) -> tuple[tuple[int, int], tuple[i
 
 def check_args(args: argparse.Namespace) -> None:
     """Reject impossible option combinations before anything heavy happens."""
-    positive = ("epochs", "batch_size", "train_size", "val_size", "test_size")
+    positive = ("epochs", "batch_size", "train_size", "val_size", "test_size", "eval_samples", "samples_per_epoch")
     for name in positive:
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise TrainingError(f"--{name.replace('_', '-')} must be at least 1")
     if args.lr <= 0:
         raise TrainingError("--lr must be positive")
@@ -141,6 +143,14 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def build_task(args: argparse.Namespace, grid: tuple[int, int], size: tuple[int, int]) -> datasets.TaskData:
+    task = _build_task(args, grid, size)
+    if args.eval_samples is not None:
+        task.val = datasets.evenly_spaced(task.val, args.eval_samples)
+        task.test = datasets.evenly_spaced(task.test, args.eval_samples)
+    return task
+
+
+def _build_task(args: argparse.Namespace, grid: tuple[int, int], size: tuple[int, int]) -> datasets.TaskData:
     crop = (grid[0] * size[0], grid[1] * size[1])
     augment = args.augment if args.augment is not None else args.dataset != "synthetic"
     if args.dataset == "synthetic":

