@@ -431,6 +431,8 @@ def _banded(run: _Run, workers: DeviceWorkers, reader: ThreadPoolExecutor,
 
     def collect_encode(row: int) -> Generator[ProgressEvent, None, None]:
         for group, future in run.encoding.pop(row, []):
+            if cancelled() and future.cancel():
+                continue
             feats, sent = future.result()
             for i, c in enumerate(group):
                 run.bott[(row, c)] = sent[i]
@@ -488,6 +490,9 @@ def _banded(run: _Run, workers: DeviceWorkers, reader: ThreadPoolExecutor,
                     submit_encode(r)
             for r in range(wa, wb):
                 yield from collect_encode(r)
+            if cancelled():
+                interrupted = True
+                break
             received = _communicate(run, wa, wb, a, b)
             counters["communicate"] += 1
             yield ProgressEvent("communicate", counters["communicate"], len(decode_bands),
@@ -530,6 +535,8 @@ def _collect_decode(run: _Run, item: tuple, writer: ThreadPoolExecutor, writes: 
                     total: int) -> Generator[ProgressEvent, None, None]:
     _, _, jobs = item
     for row, group, future in jobs:
+        if run.cancel is not None and run.cancel.is_set() and future.cancel():
+            continue   # not started: dropped; started or finished jobs are still written
         labels, probs, logits, before, after = future.result()
         writes.append(writer.submit(_write_decoded, run.sink, row, group, labels, probs, logits, before, after,
                                     run.want_features))
