@@ -7,13 +7,17 @@ dask's cache would keep serving the chunks read before they were written.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
 
-#: Above this many pixels on a side, the live labels get a strided multiscale view for zooming out.
-PYRAMID_SIDE = 8192
+#: Above this many pixels on a side, in-memory labels get strided levels, so a zoomed-out view redraws
+#: a small level instead of re-uploading the whole array on every refresh.
+PYRAMID_SIDE = 2048
 
 
 class StridedView:
@@ -25,6 +29,7 @@ class StridedView:
         self.shape = tuple(math.ceil(s / step) for s in base.shape)
         self.dtype = np.dtype(base.dtype)
         self.ndim = len(self.shape)
+        self.size = math.prod(self.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -59,6 +64,17 @@ def _store_levels(output: str | None) -> list[Any] | None:
     return [group[k] for k in keys] or None
 
 
+def expects_multiscale(image_yx: tuple[int, int], subdomain: tuple[int, int], downsampling: int,
+                       output: str | None) -> bool:
+    """Whether :func:`labels_layer_data` will return levels for this run (known before it starts)."""
+    if output:
+        from .core.grid import GridPlan
+        from .core.sink import pyramid_levels
+
+        return pyramid_levels(GridPlan(tuple(image_yx), tuple(subdomain), downsampling)) > 1
+    return max(image_yx) > PYRAMID_SIDE
+
+
 def labels_layer_data(labels: Any, output: str | None = None) -> tuple[Any, bool]:
     """(data, multiscale) for ``viewer.add_labels``: the store's pyramid when it has one, else the
     array itself, with strided views added when it is too big to show whole."""
@@ -66,7 +82,7 @@ def labels_layer_data(labels: Any, output: str | None = None) -> tuple[Any, bool
     if levels is not None and len(levels) > 1:
         return levels, True
     if labels.ndim == 2 and max(labels.shape) > PYRAMID_SIDE:
-        steps = [2**k for k in range(1, 16) if max(labels.shape) / 2**k >= 1024]
+        steps = [2**k for k in range(1, 16) if max(labels.shape) / 2**k >= PYRAMID_SIDE // 4]
         return [labels, *(StridedView(labels, s) for s in steps)], True
     return labels, False
 
@@ -131,3 +147,41 @@ def visible_region(viewer, layer, yx: tuple[int, int]) -> tuple[int, int, int, i
     if (y0, y1, x0, x1) == (0, height, 0, width):
         return None
     return y0, y1, x0, x1
+
+
+def _union(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int] | None):
+    if a is None or b is None:
+        return a or b
+    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
+
+
+def coalesce_events(events: Generator, interval: float = 0.1) -> Generator:
+    """Pass an engine event generator through, yielding at most one event per ``interval`` seconds.
+
+    Every yield becomes a queued signal handled in the GUI thread; hundreds of per-subdomain events
+    in a burst would queue up and starve the event loop. Kept: the first event (it carries the
+    outputs), the last event of every phase, and the final one; skipped events' written regions
+    are merged into the bounding box of the next event passed on. Returns the engine's result.
+    """
+    pending = None
+    last = 0.0
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as stop:
+            if pending is not None:
+                yield pending
+            return stop.value
+        if pending is not None:
+            if pending.phase != event.phase:
+                yield pending
+                last = time.monotonic()
+            else:
+                event = dataclasses.replace(event, region=_union(pending.region, event.region))
+            pending = None
+        now = time.monotonic()
+        if event.outputs is not None or event.phase in ("done", "cancelled") or now - last >= interval:
+            last = now
+            yield event
+        else:
+            pending = event

@@ -8,7 +8,10 @@ refreshes them (throttled) and reacts to buttons, so the event loop stays respon
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -37,7 +40,14 @@ from qtpy.QtWidgets import (
 
 from . import _settings
 from ._grid_layer import GRID_LAYER_NAME, update_grid_layer
-from ._live import feature_layer_kwargs, label_colormap, labels_layer_data, visible_region
+from ._live import (
+    coalesce_events,
+    expects_multiscale,
+    feature_layer_kwargs,
+    label_colormap,
+    labels_layer_data,
+    visible_region,
+)
 from ._model_card import model_card_html
 from .core.errors import DDUNetError
 
@@ -47,7 +57,9 @@ OPEN_FILE = "Open file..."
 NO_MODEL = "(choose a checkpoint)"
 #: Images with more pixels than this are written to a temporary zarr store instead of memory.
 IN_MEMORY_PIXELS = 4096 * 4096
-REFRESH_MS = 200
+REFRESH_MS = 400
+#: Nice value of the worker thread (Linux): background work yields the CPU to the GUI thread.
+WORKER_NICE = 10
 
 
 def available_devices() -> list[tuple[str, str]]:
@@ -61,6 +73,33 @@ def available_devices() -> list[tuple[str, str]]:
     if mps is not None and mps.is_available():
         devices.append(("mps", "Apple GPU (mps)"))
     return devices
+
+
+def _lower_thread_priority() -> None:
+    """Run this worker thread, and the threads the engine starts from it, at a lower CPU priority.
+
+    On Linux the nice value is per thread and inherited by new threads, so the GUI thread keeps
+    its share of a busy CPU and the viewer stays responsive during a CPU run. Elsewhere: no-op.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+
+
+def _run_engine(image: Any, model: Any, **kwargs: Any):
+    """The engine's generator, run at low priority, with its progress events thinned out for the GUI."""
+    from .core.engine import segment_iter
+
+    _lower_thread_priority()
+    return (yield from coalesce_events(segment_iter(image, model, **kwargs)))
+
+
+def _warm_up_layer_imports() -> None:
+    """Import what the first Labels layer with a features table needs (pandas, ...), now rather than
+    in the middle of a run, where it would freeze the GUI for about a second."""
+    from napari.layers import Labels
+
+    Labels(np.zeros((1, 1), np.uint8), features={"index": [0], "class": ["background"]})
 
 
 def guess_channel_axis(shape: tuple[int, ...], rgb: bool, in_channels: int | None) -> int | None:
@@ -117,6 +156,7 @@ class DDUNetWidget(QWidget):
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
         self._on_layers_changed()
+        _warm_up_layer_imports()
         self._restore_state()
         self._restoring = False
 
@@ -501,8 +541,6 @@ class DDUNetWidget(QWidget):
     def _start_worker(self, layer, kind: str, region, kwargs: dict[str, Any]) -> None:
         from napari.qt.threading import create_worker
 
-        from .core.engine import segment_iter
-
         self._cancel = kwargs["cancel"]
         self._run_output = kwargs["output"]
         self._run_kind = kind
@@ -510,8 +548,15 @@ class DDUNetWidget(QWidget):
         self._run_image_layer = layer
         self.result = None if kind == "main" else self.result
         self._labels_target = None
+        if kind == "main":
+            shape = self._image_shape(layer)
+            ya, xa = self._yx(layer)
+            image_yx = (shape[ya], shape[xa])
+            self._prepare_labels_layer(
+                expects_multiscale(image_yx, self.subdomain_size(), self.model.config.downsampling, kwargs["output"])
+            )
         worker = create_worker(
-            segment_iter, self._image_data(layer), self.model, _start_thread=False, _ignore_errors=True, **kwargs
+            _run_engine, self._image_data(layer), self.model, _start_thread=False, _ignore_errors=True, **kwargs
         )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
@@ -529,17 +574,19 @@ class DDUNetWidget(QWidget):
         """Ask the engine to stop at its next batch; it returns a result marked cancelled."""
         if self._cancel is not None:
             self._cancel.set()
+            self.cancel_button.setEnabled(False)
             self.progress.setFormat("cancelling...")
 
     def _on_progress(self, event) -> None:
         if event.outputs and self._labels_target is None and "labels" in event.outputs:
             self._labels_target = event.outputs["labels"]
             if self._run_kind == "main":
-                self._show_labels(self._labels_target)
+                self._attach_labels(self._labels_target)
         total = max(int(event.total), 1)
         self.progress.setRange(0, total)
         self.progress.setValue(min(int(event.done), total))
-        self.progress.setFormat(f"{event.phase}: {event.done}/{event.total}")
+        stopping = "cancelling... " if self._cancel is not None and self._cancel.is_set() else ""
+        self.progress.setFormat(f"{stopping}{event.phase}: {event.done}/{event.total}")
         if event.region is not None:
             self._dirty = True
         self.progressed.emit(event)
@@ -547,30 +594,46 @@ class DDUNetWidget(QWidget):
     def _labels_name(self, layer) -> str:
         return f"{layer.name} DDU-Net labels"
 
-    def _show_labels(self, labels: Any) -> None:
-        """Show the engine's labels array at once; it fills in as the engine writes to it."""
+    def _prepare_labels_layer(self, multiscale: bool) -> None:
+        """Create (or reuse) the result layer at the click, before the engine starts.
+
+        napari needs about a second to build a new Labels layer's visuals; doing it here keeps that
+        pause out of the run. The layer holds an empty placeholder until the engine's output exists.
+        """
         layer = self._run_image_layer
         name = self._labels_name(layer)
-        data, multiscale = labels_layer_data(labels, output=self._run_output)
         info = self.model.info
         ya, xa = self._yx(layer)
-        scale = np.asarray(layer.scale)[[ya, xa]]
-        translate = np.asarray(layer.translate)[[ya, xa]]
-        features = {"index": list(range(len(info.class_names))), "class": list(info.class_names)}
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        self.labels_layer = self.viewer.add_labels(
-            data,
-            name=name,
-            multiscale=multiscale,
-            colormap=label_colormap(info.class_colors),
-            features=features,
-            scale=scale,
-            translate=translate,
-            opacity=0.6,
-            metadata={"ddunet_derived": True},
-        )
+        empty = np.zeros((1, 1), np.uint8)
+        placeholder = [np.zeros((2, 2), np.uint8), empty] if multiscale else empty
+        existing = next((candidate for candidate in self.viewer.layers if candidate.name == name), None)
+        if existing is not None and existing.multiscale == multiscale:
+            existing.data = placeholder
+            self.labels_layer = existing
+        else:
+            if existing is not None:
+                self.viewer.layers.remove(existing)
+            self.labels_layer = self.viewer.add_labels(
+                placeholder,
+                name=name,
+                multiscale=multiscale,
+                opacity=0.6,
+                metadata={"ddunet_derived": True},
+            )
+        self.labels_layer.colormap = label_colormap(info.class_colors)
+        self.labels_layer.features = {"index": list(range(len(info.class_names))), "class": list(info.class_names)}
+        self.labels_layer.scale = np.asarray(layer.scale)[[ya, xa]]
+        self.labels_layer.translate = np.asarray(layer.translate)[[ya, xa]]
         self._raise_grid()
+
+    def _attach_labels(self, labels: Any) -> None:
+        """Point the result layer at the engine's labels array; it fills in as the engine writes."""
+        data, multiscale = labels_layer_data(labels, output=self._run_output)
+        if self.labels_layer is None or self.labels_layer not in self.viewer.layers:
+            return
+        if self.labels_layer.multiscale != multiscale:
+            self._prepare_labels_layer(multiscale)
+        self.labels_layer.data = data
 
     def _raise_grid(self) -> None:
         """Keep the grid lines and indices above result layers."""
@@ -586,8 +649,7 @@ class DDUNetWidget(QWidget):
     def _on_returned(self, result) -> None:
         if self._run_kind == "main":
             self.result = result
-            if self.labels_layer is not None:
-                self.labels_layer.refresh()
+            self._dirty = True  # the final refresh happens once, in _on_finished
         else:
             self._show_comparison(result)
         state = "cancelled" if result.cancelled else "done"
