@@ -24,10 +24,14 @@ from pathlib import Path
 
 def child(args: argparse.Namespace) -> None:
     """Segment one image and print a JSON line with the measurements."""
+    import dask.array  # noqa: F401  (imported before the baseline is taken, like everything the engine loads)
     import torch
+    import zarr
 
     from napari_ddunet import DDUNet, ModelConfig
     from napari_ddunet.core.engine import segment
+
+    zarr.open_array(args.image, mode="r")
 
     torch.manual_seed(0)
     model = DDUNet(ModelConfig(in_channels=1, num_classes=3, depth=args.depth, base_channels=args.base,

@@ -208,7 +208,8 @@ class _Run:
             if self.mean is not None:
                 tile = (tile - self.mean[:, None, None]) / self.std[:, None, None]
             tiles.append(tile)
-        return np.stack(tiles)
+        # cast on the reader thread, so a float32 run moves half the bytes to the device
+        return np.stack(tiles).astype(np.float64 if self.dtype == torch.float64 else np.float32, copy=False)
 
     def read_rows(self, r0: int, r1: int, cols: Sequence[int]) -> np.ndarray:
         return np.concatenate([self.read_tiles(r, cols) for r in range(r0, r1)])
@@ -322,17 +323,26 @@ def segment_iter(
         "complete": False,
     }
     np_dtype = _host(torch.empty((), dtype=dtype)).dtype
+    def make_sink(reopen: bool) -> Sink:
+        return Sink(plan, path=path, num_classes=config.num_classes, comm_features=config.comm_features,
+                    compute_dtype=np_dtype, probabilities=probabilities, features=features, logits=logits,
+                    meta=meta, colors=colors, resume=reopen)
+
     attach = distributed is not None and distributed.world > 1 and distributed.rank != 0
     if distributed is not None and distributed.world > 1:
+        # rank 0 creates (or reopens) the store; the others open it once it exists, or all fail together
+        error: DDUNetError | None = None
         if distributed.rank == 0:
-            sink = Sink(plan, path=path, num_classes=config.num_classes, comm_features=config.comm_features,
-                        compute_dtype=np_dtype, probabilities=probabilities, features=features, logits=logits,
-                        meta=meta, colors=colors, resume=resume)
-        distributed.barrier()
-    if not (distributed is not None and distributed.world > 1 and distributed.rank == 0):
-        sink = Sink(plan, path=path, num_classes=config.num_classes, comm_features=config.comm_features,
-                    compute_dtype=np_dtype, probabilities=probabilities, features=features, logits=logits,
-                    meta=meta, colors=colors, resume=resume or attach)
+            try:
+                sink = make_sink(resume)
+            except DDUNetError as failure:
+                error = failure
+        if distributed.any(error is not None):
+            raise error or EngineError("rank 0 could not prepare the output store; see its message")
+        if attach:
+            sink = make_sink(True)
+    else:
+        sink = make_sink(resume)
     if not attach:
         sink.set_attr("schedule", chosen)
     message = (f"{config.notation} on a {plan.rows}x{plan.cols} grid of {plan.subdomain[0]}x{plan.subdomain[1]} "
