@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from napari_ddunet import DDUNet, ModelConfig
 from napari_ddunet.core.parallel import DataParallelDDUNet, DeviceError, forward_multi_device
 
 CPUS = ["cpu", "cpu", "cpu"]
@@ -106,3 +107,18 @@ def test_error_in_one_worker_reaches_the_caller(make_model):
     x = torch.randn(1, 1, 16, 24, dtype=torch.float64)
     with pytest.raises((RuntimeError, NotImplementedError)):  # copying a meta tensor's data is impossible
         forward_multi_device(model, x, (2, 2), ["cpu", "meta"])
+
+
+def test_resnet18_with_frozen_trunk_in_training_mode():
+    """Frozen trunk BatchNorms stay in eval mode in every chunk; the rest synchronises."""
+    torch.manual_seed(0)
+    config = ModelConfig(in_channels=3, num_classes=2, depth=4, encoder="resnet18", comm_features=8,
+                         freeze_encoder=True, dropout=0.0)
+    model = DDUNet(config).double().train()
+    twin = copy.deepcopy(model)
+    x = torch.randn(1, 3, 16, 32, dtype=torch.float64)
+    single, multi = _run(model, x, (1, 2)), _run(twin, x, (1, 2), ["cpu", "cpu"])
+    _assert_same(single, multi)
+    assert not any(name.startswith(("encoder.conv1", "encoder.layer")) for name in multi[2])
+    for (name, a), b in zip(model.named_buffers(), twin.buffers(), strict=True):
+        assert torch.allclose(a.double(), b.double(), rtol=0, atol=1e-12), name
