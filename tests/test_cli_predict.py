@@ -72,6 +72,18 @@ def test_predict_writes_ome_zarr(files, tmp_path, capsys):
     ome = group.attrs["ome"]
     assert [d["path"] for d in ome["multiscales"][0]["datasets"]] == ["0", "1"]
     assert len(ome["image-label"]["colors"]) == 3
+    # other OME-Zarr readers accept it: the 0.5 spec models, and ome-zarr-py sees a multiscale label image
+    pytest.importorskip("ome_zarr_models")
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    assert [d.path for d in ImageLabel.from_zarr(group).attributes.ome.multiscales[0].datasets] == ["0", "1"]
+    pytest.importorskip("ome_zarr")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    node = next(n for n in Reader(parse_url(str(out / "labels")))() if n.data)
+    assert any(isinstance(spec, Label) for spec in node.specs)
+    assert [tuple(d.shape) for d in node.data] == [(75, 161), (38, 81)]
     # same result from the .npy copy, in memory
     from napari_ddunet import load_checkpoint, segment
 

@@ -147,7 +147,10 @@ class Sink:
             shutil.rmtree(path)
         root = zarr.open_group(str(path), mode="w")
         for name, (shape, chunks, dtype) in specs.items():
-            root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+            dims = ("y", "x") if len(shape) == 2 else ("c", "y", "x")
+            if name.startswith("_work/"):
+                dims = ("row", "col") if len(shape) == 2 else ("c", "y", "x")
+            root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, dimension_names=dims)
             self.arrays[name] = root[name]
         labels = root["labels"]
         datasets = [
