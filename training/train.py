@@ -297,14 +297,14 @@ class Trainer:
         return 0 if self.dist is None else self.dist.rank
 
     def _parallel_forward(self):
-        """The in-process multi-device forward of the model core, when more than one device is named."""
+        """Several devices in one process (napari_ddunet.core.parallel): exact, with synchronised BatchNorm."""
         if len(self.devices) < 2:
             return None
-        try:
-            from napari_ddunet.core import parallel
-        except ImportError:
-            raise TrainingError("--devices with several devices needs napari_ddunet.core.parallel") from None
-        return parallel.MultiDeviceDDUNet(self.model, self.devices)
+        if self.dist is not None:
+            raise TrainingError("use one device per process under torchrun (--devices with a single device)")
+        from napari_ddunet.core.parallel import DataParallelDDUNet
+
+        return DataParallelDDUNet(self.model, self.devices, comm_device=self.device, output_device=self.device)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images.to(self.device, self.dtype) - self.mean) / self.std

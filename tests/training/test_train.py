@@ -120,3 +120,15 @@ def test_bad_options_give_one_line_and_status_2(tmp_path, capsys):
     assert _run(tmp_path, "--dataset", "synthetic", "--subdomains", "2", "--grid", "1", "2") == 2
     assert _run(tmp_path / "none", "--resume") == 2
     assert "last.pt does not exist" in capsys.readouterr().err
+
+
+def test_several_devices_in_one_process_match_one_device(tmp_path):
+    """Without dropout (its random masks depend on the thread order) the weights agree."""
+    args = ["--dataset", "synthetic", "--subdomains", "2", "--subdomain-size", "16", "16", "--train-size", "8",
+            "--val-size", "4", "--test-size", "4", "--epochs", "1", "--dtype", "float64", "--dropout", "0"]
+    assert _run(tmp_path / "one", *args) == 0
+    assert _run(tmp_path / "two", *args, "--devices", "cpu,cpu") == 0
+    a = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["state_dict"]
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=0, atol=1e-9), key
