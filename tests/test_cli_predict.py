@@ -84,10 +84,10 @@ def test_predict_writes_ome_zarr(files, tmp_path, capsys):
     node = next(n for n in Reader(parse_url(str(out / "labels")))() if n.data)
     assert any(isinstance(spec, Label) for spec in node.specs)
     assert [tuple(d.shape) for d in node.data] == [(75, 161), (38, 81)]
-    # same result from the .npy copy, in memory
-    from napari_ddunet import load_checkpoint, segment
+    # same result from the array in memory, with the checkpoint path and its stored subdomain size
+    from napari_ddunet import segment
 
-    labels = segment(files["image"], load_checkpoint(files["ckpt"]), subdomain_size=(16, 24))
+    labels = segment(files["image"], str(files["ckpt"]))
     np.testing.assert_array_equal(stored["labels"][...], labels)
     assert "schedule" in capsys.readouterr().err
 
