@@ -11,4 +11,3 @@ def test_two_circles_sample_opens(make_napari_viewer):
     image, truth = viewer.layers["two circles"], viewer.layers["two circles ground truth"]
     assert image.data.shape == truth.data.shape == (512, 768)
     assert set(np.unique(truth.data)) == {0, 1, 2}
-    assert list(truth.features["class"]) == ["background", "line", "circle"]
