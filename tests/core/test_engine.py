@@ -11,10 +11,11 @@ import torch
 import zarr
 from engine_cases import SHAPE, SUB, image, reference, tiny_model
 
-from napari_ddunet import DDUNet
+from napari_ddunet import DDUNet, ModelConfig
 from napari_ddunet.core.checkpoint import CheckpointInfo, Normalization
 from napari_ddunet.core.engine import ProgressEvent, segment, segment_iter
 from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.grid import pad_to_grid, plan_grid
 from napari_ddunet.core.sink import downsample_mode, open_output
 
 
@@ -202,3 +203,18 @@ def test_bad_images(model):
     bad[50:52, 3] = np.inf
     with pytest.raises(DDUNetError, match="3 NaN/inf values; first at \\(y=40, x=100"):
         next(segment_iter(bad, model, subdomain_size=SUB))
+
+
+def test_resnet18_encoder_with_a_three_row_halo():
+    """ResNet-18 bottleneck at 1/16: 32x48 subdomains give 2-pixel bottleneck rows, so the halo spans 3 rows."""
+    torch.manual_seed(0)
+    net = DDUNet(ModelConfig(in_channels=3, num_classes=2, encoder="resnet18", depth=4, comm_features=8,
+                             dropout=0.0)).double().eval()
+    img = np.random.default_rng(0).normal(size=(5 * 32 - 3, 2 * 48 - 5, 3))
+    plan = plan_grid(img.shape[:2], (32, 48), 16)
+    x = torch.from_numpy(pad_to_grid(np.moveaxis(img, -1, 0), plan))[None]
+    with torch.no_grad():
+        ref = net(x, plan.grid)[0, :, : img.shape[0], : img.shape[1]].numpy()
+    result = segment(img, net, subdomain_size=(32, 48), dtype=torch.float64, logits=True, schedule="wavefront",
+                     return_result=True)
+    np.testing.assert_allclose(result.logits, ref, rtol=0, atol=1e-10)
