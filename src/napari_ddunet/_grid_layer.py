@@ -11,6 +11,8 @@ import math
 import numpy as np
 
 GRID_LAYER_NAME = "DDU-Net subdomain grid"
+#: Beyond this many subdomains the "(r, c)" texts are left out: napari would slow to a crawl.
+MAX_INDEX_LABELS = 2000
 
 
 def grid_shape(image_yx: tuple[int, int], subdomain_size: tuple[int, int]) -> tuple[int, int]:
@@ -37,20 +39,21 @@ def grid_labels(image_yx: tuple[int, int], subdomain_size: tuple[int, int]) -> t
 
 
 def update_grid_layer(viewer, image_layer, subdomain_size: tuple[int, int], yx_axes: tuple[int, int]):
-    """Create or redraw the grid layers over ``image_layer``; returns (lines layer, index points layer).
+    """Create or redraw the grid layers over ``image_layer``; returns (lines layer, index points layer or None).
 
     The indices are a Points layer with invisible points and text, because a Shapes layer can only
-    put text at its shapes, which would label lines instead of subdomains.
+    put text at its shapes, which would label lines instead of subdomains. Grids of more than
+    :data:`MAX_INDEX_LABELS` subdomains get lines only.
     """
     shape = image_layer.data.shape if not image_layer.multiscale else image_layer.data[0].shape
     image_yx = (int(shape[yx_axes[0]]), int(shape[yx_axes[1]]))
     scale = np.asarray(image_layer.scale)[list(yx_axes)]
     translate = np.asarray(image_layer.translate)[list(yx_axes)]
     lines = grid_lines(image_yx, subdomain_size)
-    centres, texts = grid_labels(image_yx, subdomain_size)
-    width = max(1.0, max(image_yx) / 800)
+    width = max(1.0, min(subdomain_size) / 64)
     font = float(np.clip(min(subdomain_size) / 12, 6, 14))
     index_name = GRID_LAYER_NAME + " indices"
+    rows, cols = grid_shape(image_yx, subdomain_size)
     if GRID_LAYER_NAME in viewer.layers:
         layer = viewer.layers[GRID_LAYER_NAME]
         layer.data = lines
@@ -60,6 +63,11 @@ def update_grid_layer(viewer, image_layer, subdomain_size: tuple[int, int], yx_a
             lines, shape_type="line", edge_color="yellow", edge_width=width, name=GRID_LAYER_NAME, opacity=0.8
         )
     layer.scale, layer.translate = scale, translate
+    if rows * cols > MAX_INDEX_LABELS:
+        if index_name in viewer.layers:
+            viewer.layers.remove(index_name)
+        return layer, None
+    centres, texts = grid_labels(image_yx, subdomain_size)
     text = {"string": "{index}", "color": "yellow", "size": font, "anchor": "center"}
     if index_name in viewer.layers:
         points = viewer.layers[index_name]

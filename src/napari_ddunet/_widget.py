@@ -144,6 +144,7 @@ class DDUNetWidget(QWidget):
         self._run_kind = "main"
         self._run_region: tuple[int, int, int, int] | None = None
         self._run_output: str | None = None
+        self._preselected_for = None
         self._run_image_layer = None
         self._dirty = False
         self._restoring = True
@@ -375,9 +376,24 @@ class DDUNetWidget(QWidget):
         return self.viewer.layers[name] if name and name in self.viewer.layers else None
 
     def _on_image_changed(self, *_: Any) -> None:
+        self._preselect_model()
         self._guess_channel_axis()
         self._schedule_grid()
         self._update_buttons()
+
+    def _preselect_model(self) -> None:
+        """Load the bundled model a sample layer names (``layer.metadata``), on a real change of image only,
+        so a model picked by hand stays while the same image stays selected."""
+        from .core.models_registry import bundled_models
+        from .core.samples import recommended_model
+
+        layer = self.image_layer()
+        if layer is None or layer is self._preselected_for:
+            return
+        self._preselected_for = layer
+        stem = recommended_model(layer.metadata)
+        if stem is not None and (self.checkpoint_path is None or self.checkpoint_path.stem != stem):
+            self.load_checkpoint(bundled_models()[stem], quiet=True)
 
     def _image_shape(self, layer) -> tuple[int, ...]:
         return tuple(layer.data[0].shape if layer.multiscale else layer.data.shape)

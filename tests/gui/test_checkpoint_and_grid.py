@@ -97,3 +97,30 @@ def test_values_persist_between_sessions(make_napari_viewer, checkpoint):
     assert second.devices() == ["cpu"]
     first.deleteLater()
     second.deleteLater()
+
+
+def test_huge_grids_get_lines_without_index_texts(widget, checkpoint, qtbot):
+    viewer = widget.viewer
+    viewer.add_image(np.zeros((512, 520), np.uint8), name="many")
+    widget.load_checkpoint(checkpoint)
+    widget.set_subdomain_size((8, 8))  # 64 x 65 = 4160 subdomains
+    qtbot.waitUntil(lambda: GRID_LAYER_NAME in viewer.layers and len(viewer.layers[GRID_LAYER_NAME].data) == 65 + 66)
+    assert GRID_LAYER_NAME + " indices" not in viewer.layers
+    assert widget.grid_label.text().startswith("64 x 65 subdomains")
+
+
+def test_sample_layers_preselect_their_bundled_model(widget, checkpoint_factory, tmp_path, monkeypatch):
+    from napari_ddunet.core.samples import METADATA_MODEL
+
+    models = tmp_path / "models"
+    models.mkdir()
+    checkpoint_factory("models/sample_model.pt", subdomain=(40, 40))
+    monkeypatch.setenv("NAPARI_DDUNET_MODELS", str(models))
+    viewer = widget.viewer
+    viewer.add_image(np.zeros((80, 80), np.float32), name="sample", metadata={METADATA_MODEL: "sample_model"})
+    assert widget.checkpoint_path is not None and widget.checkpoint_path.stem == "sample_model"
+    assert widget.subdomain_size() == (40, 40)
+    other = checkpoint_factory("other.pt")
+    widget.load_checkpoint(other)
+    viewer.add_image(np.zeros((8, 8), np.float32), name="another")  # the selected image stays: so does the model
+    assert widget.checkpoint_path == other
