@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from napari_ddunet.core.checkpoint import read_checkpoint_info
+
 #: Thesis Table 7.4 (2-subdomain synthetic task): "mean IoU", precision, recall, accuracy for the
 #: line class. The first column cannot be the line IoU (IoU <= min(precision, recall)); it matches
 #: a mean over classes, so we print both our mIoU and our line IoU next to it.
@@ -100,8 +102,11 @@ def export(results: dict[str, dict], output: Path, target: Path, cmds: dict[str,
             continue
         shutil.copyfile(source, target / f"{stem}.pt")
         r = results[name]
-        cmd = [c for c in cmds[name][1:]]
+        cmd = list(cmds[name][1:])
         cmd[cmd.index("--output") + 1] = f"runs/{stem}"
+        # a run cut short (killed, then finished with --resume --epochs E) is exactly the run with --epochs E
+        epochs = read_checkpoint_info(source)[0].provenance["training_args"]["epochs"]
+        cmd[cmd.index("--epochs") + 1] = str(epochs)
         lines += [f"## {stem}.pt: {name}", "", "```", "python " + shlex.join(cmd), "```", "",
                   f"Best epoch {r['best_epoch']}; test set: mIoU {r['test_miou']:.3f}, line IoU "
                   f"{r['test_iou/line']:.3f}, line precision {r['test_precision/line']:.3f}, line recall "
