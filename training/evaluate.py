@@ -7,7 +7,8 @@ goes through the model as one image split into ``--grid`` subdomains (DDU-Net: 8
 of its trained size; U-Net baseline: the same tile as a single 1 x 1 subdomain, i.e. the full
 image). IoU counts are summed over all tiles before the ratio (Eq. 2-3). ``--store`` writes the
 result into the checkpoint's provenance under ``metrics["eval"]`` (a list, one entry per
-protocol), so the bundled models carry the numbers docs/results.md quotes.
+protocol, with the confusion matrix of every tile), so the bundled models carry the numbers
+docs/results.md quotes and a test can re-check any tile exactly.
 """
 
 from __future__ import annotations
@@ -60,13 +61,18 @@ def evaluate(model, dataset, grid: tuple[int, int], class_names: tuple[str, ...]
     mean = torch.tensor(norm.mean if norm else (0.0,) * info.config.in_channels).view(1, -1, 1, 1)
     std = torch.tensor(norm.std if norm else (1.0,) * info.config.in_channels).view(1, -1, 1, 1)
     confusion = ConfusionMatrix(info.config.num_classes)
+    per_tile = []
     for index in range(len(dataset)):
         image, mask = dataset[index]
         x = (image[None].to(torch.float32) - mean) / std
-        confusion.update(model(x, grid).argmax(1)[0], mask)
+        tile = ConfusionMatrix(info.config.num_classes)
+        tile.update(model(x, grid).argmax(1)[0], mask)
+        confusion.add(tile.matrix)
+        per_tile.append(tile.matrix.tolist())
     result = confusion.compute(class_names)
     result["pixels_per_class"] = confusion.matrix.sum(axis=1).tolist()
     result["tiles"] = len(dataset)
+    result["confusion_per_tile"] = per_tile
     return result
 
 
