@@ -189,8 +189,8 @@ def format_report(report: dict[str, Any]) -> str:
     for rate in report["roofline"]:
         lines.append(f"roofline {rate['device']} {rate['dtype']}: {rate['gflops']:.1f} GFLOP/s matmul "
                      f"({rate['size']}^2, {rate['repeats']} x) -> {rate['megapixels_per_s']:.3f} Mpx/s")
-    header = (f"{'contender':<38} {'size':>5} {'dtype':>7} {'s':>8} {'Mpx/s':>7} {'x mono':>7} {'x roof':>7} "
-              f"{'peak MiB':>9} {'base MiB':>9} {'agree %':>7}")
+    header = (f"{'contender':<38} {'size':>5} {'dtype':>7} {'s':>8} {'CPU s':>7} {'Mpx/s':>7} {'x mono':>7} "
+              f"{'x roof':>7} {'peak MiB':>9} {'base MiB':>9} {'agree %':>7}")
     lines += ["", header, "-" * len(header)]
     roofs = {(r["device"].split(":")[0], r["dtype"]): r["megapixels_per_s"] for r in report["roofline"]}
     monos = {(r["size"], r["devices"][0].split(":")[0]): r["megapixels_per_s"] for r in report["results"]
@@ -203,7 +203,9 @@ def format_report(report: dict[str, Any]) -> str:
         row = report["rows"].get(f"{r['name']}|{r['size']}|{r['dtype']}", {})
         agree = row.get("agreement")
         lines.append(
-            f"{r['name']:<38} {r['size']:>5} {r['dtype']:>7} {r['seconds']:>8.2f} {r['megapixels_per_s']:>7.3f} "
+            f"{r['name']:<38} {r['size']:>5} {r['dtype']:>7} {r['seconds']:>8.2f} "
+            f"{_fmt(r.get('cpu_seconds'), '.1f'):>7} "
+            f"{r['megapixels_per_s']:>7.3f} "
             f"{_fmt(_ratio(r['megapixels_per_s'], monos.get((r['size'], r['devices'][0].split(':')[0]))), '.2f'):>7} "
             f"{_fmt(_ratio(r['megapixels_per_s'], roof), '.2f'):>7} "
             f"{r['peak_rss_bytes'] / MIB:>9.0f} {(r['baseline_rss_bytes'] or 0) / MIB:>9.0f} "

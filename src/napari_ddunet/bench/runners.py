@@ -52,6 +52,7 @@ class Result:
     dtype: str
     devices: tuple[str, ...]
     seconds: float | None = None
+    cpu_seconds: float | None = None        # user + system CPU time of the child during the run (all threads)
     megapixels_per_s: float | None = None
     peak_rss_bytes: int | None = None       # peak resident memory of the timed run (whole process)
     baseline_rss_bytes: int | None = None   # resident memory right before it (python, torch, model)
@@ -141,6 +142,11 @@ def _reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def _cpu_time() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _peak_rss() -> int:
@@ -250,6 +256,7 @@ def _warm_up(spec: Spec, model, workdir: Path) -> None:
     if not store.exists():
         write_test_image(store, small.size)
     _dispatch(small, model, store, workdir)
+    shutil.rmtree(workdir / f"out_{_key(small)}.zarr", ignore_errors=True)
 
 
 def _dispatch(spec: Spec, model, store: Path, workdir: Path) -> tuple[Any, str | None]:
@@ -282,11 +289,13 @@ def _child(spec: Spec, workdir: str, out: mp.Queue) -> None:
             torch.cuda.reset_peak_memory_stats(device)
         _reset_peak_rss()
         result.baseline_rss_bytes = _proc_status("VmRSS")
+        cpu_start = _cpu_time()
         start = time.perf_counter()
         labels, result.schedule = _dispatch(spec, model, image_path(work, spec.size), work)
         for device in cuda:
             torch.cuda.synchronize(device)
         result.seconds = time.perf_counter() - start
+        result.cpu_seconds = _cpu_time() - cpu_start
         result.peak_rss_bytes = _peak_rss()
         if cuda:
             result.peak_device_bytes = max(torch.cuda.max_memory_allocated(d) for d in cuda)

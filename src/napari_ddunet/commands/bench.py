@@ -90,11 +90,11 @@ def _spec(name: str, kind: str, size: int, devices: tuple[str, ...], **kw: Any):
 
 
 def build_specs(args: argparse.Namespace, sizes: list[int], device_types: list[str], threads: int) -> list:
-    """Every contender at ``--size``; the engine's default and wavefront schedules at the other ``--sizes``."""
+    """Every contender at ``--size``; the engine's default, wavefront and recompute at the other ``--sizes``."""
     specs = []
     common = {"subdomain": args.subdomain, "threads": threads}
     schedules: list[str | None] = [None, *_engine_schedules()]
-    scaled = [None, "wavefront"]     # the default choice and the bounded-memory schedule, at every --sizes
+    scaled = [None, "wavefront", "recompute"]     # the default choice and the bounded-memory schedules
     for dev in device_types:
         one = ("cuda:0",) if dev == "cuda" else ("cpu",)
         size = args.size
