@@ -52,7 +52,7 @@ def test_every_schedule_equals_monolithic_forward(model, ref, schedule, devices)
 
 
 @pytest.mark.parametrize("kind", ["dask", "zarr"])
-@pytest.mark.parametrize("schedule", ["wavefront", "recompute"])
+@pytest.mark.parametrize("schedule", ["monolithic", "wavefront", "recompute"])
 def test_dask_and_zarr_inputs(model, ref, kind, schedule, tmp_path):
     img = image()
     if kind == "dask":
@@ -60,7 +60,8 @@ def test_dask_and_zarr_inputs(model, ref, kind, schedule, tmp_path):
     else:
         source = zarr.create_array(str(tmp_path / "in.zarr"), shape=img.shape, chunks=(32, 32), dtype="f8")
         source[...] = img
-    result = run(source, model, schedule=schedule, devices=("cpu", "cpu"), features=True)
+    devices = ("cpu",) if schedule == "monolithic" else ("cpu", "cpu")
+    result = run(source, model, schedule=schedule, devices=devices, features=True)
     assert_exact(result, ref)
 
 
