@@ -58,6 +58,8 @@ NO_MODEL = "(choose a checkpoint)"
 #: Images with more pixels than this are written to a temporary zarr store instead of memory.
 IN_MEMORY_PIXELS = 4096 * 4096
 REFRESH_MS = 400
+#: Subdomain side on screen (pixels) from which the "(r, c)" index texts are shown.
+MIN_INDEX_SCREEN_PX = 56
 #: Nice value of the worker thread (Linux): background work yields the CPU to the GUI thread.
 WORKER_NICE = 10
 
@@ -154,6 +156,7 @@ class DDUNetWidget(QWidget):
         self._grid_timer.timeout.connect(self.draw_grid)
         self._refresh_timer = QTimer(self, interval=REFRESH_MS)
         self._refresh_timer.timeout.connect(self._refresh_labels)
+        self.viewer.camera.events.zoom.connect(self._update_index_visibility)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
         self._on_layers_changed()
@@ -441,7 +444,18 @@ class DDUNetWidget(QWidget):
         rows = (shape[ya] + size[0] - 1) // size[0]
         cols = (shape[xa] + size[1] - 1) // size[1]
         self.grid_label.setText(f"{rows} x {cols} subdomains on {shape[ya]} x {shape[xa]} px")
+        self._update_index_visibility()
         self.viewer.layers.selection.active = layer
+
+    def _update_index_visibility(self, *_: Any) -> None:
+        """Show the "(r, c)" texts only when a subdomain is wide enough on screen to hold one."""
+        name = GRID_LAYER_NAME + " indices"
+        layer = self.image_layer()
+        if name not in self.viewer.layers or layer is None:
+            return
+        ya, xa = self._yx(layer)
+        pixels = np.asarray(self.subdomain_size()) * np.abs(np.asarray(layer.scale)[[ya, xa]])
+        self.viewer.layers[name].visible = bool(pixels.min() * self.viewer.camera.zoom >= MIN_INDEX_SCREEN_PX)
 
     # ------------------------------------------------------------- devices
     def devices(self) -> list[str]:
