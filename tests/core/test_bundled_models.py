@@ -46,7 +46,8 @@ def test_bundled_model_reproduces_its_stored_evaluation(name, test_tiles):
     info = model.info
     grid, communicates = MODELS[name]
     assert info.class_names == ("ocean", "land", "lake") and info.config.in_channels == 3
-    assert info.config.communicate == communicates and (info.config.comm_features > 0) == (grid != (1, 1))
+    exchanges = info.config.communicate and info.config.comm_features > 0
+    assert exchanges == communicates and (info.config.comm_features > 0) == (grid != (1, 1))
     entries = [e for e in info.provenance["metrics"]["eval"]
                if e["split"] == "test" and tuple(e["grid"]) == grid and e["communicate"] == communicates]
     assert len(entries) == 1
