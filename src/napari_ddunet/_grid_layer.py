@@ -76,7 +76,14 @@ def update_grid_layer(viewer, image_layer, subdomain_size: tuple[int, int], yx_a
         points.text = text
     else:
         points = viewer.add_points(
-            centres, features={"index": texts}, text=text, size=0, name=index_name, opacity=0.9
+            centres,
+            features={"index": texts},
+            text=text,
+            size=1,
+            face_color="transparent",
+            border_color="transparent",
+            name=index_name,
+            opacity=0.9,
         )
     points.scale, points.translate = scale, translate
     return layer, points
