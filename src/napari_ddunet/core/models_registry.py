@@ -1,13 +1,15 @@
 """Where bundled and user-provided checkpoints live, so every front end lists the same models.
 
 Searched, in order: ``$NAPARI_DDUNET_MODELS`` (directories separated by ``os.pathsep``), the
-package's own ``sample_data/models`` (wheel installs) and the repository's ``sample_data/models``
-(editable installs). The first file seen under a name wins.
+package's own ``sample_data/models``, the repository's ``sample_data/models`` (editable installs)
+and ``<prefix>/share/napari-ddunet/models`` (wheel installs: setup.cfg's data_files). The first
+file seen under a name wins.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 ENV_VAR = "NAPARI_DDUNET_MODELS"
@@ -17,7 +19,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 def model_dirs() -> list[Path]:
     """Existing directories that may hold ``*.pt`` checkpoints, most specific first."""
     candidates = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
-    candidates += [_PACKAGE_DIR / "sample_data" / "models", _PACKAGE_DIR.parents[1] / "sample_data" / "models"]
+    candidates += [_PACKAGE_DIR / "sample_data" / "models", _PACKAGE_DIR.parents[1] / "sample_data" / "models",
+                   Path(sys.prefix) / "share" / "napari-ddunet" / "models"]
     seen: list[Path] = []
     for path in candidates:
         resolved = path.expanduser().resolve()
