@@ -160,17 +160,14 @@ def test_sigkill_then_resume_equals_uninterrupted(files, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "napari_ddunet.cli", "predict", args[0], args[1], str(out),
                                 *args[2:]], env=env, stderr=subprocess.PIPE)
-    done = 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        try:
-            done = int(np.asarray(zarr.open_array(str(out / "_work" / "done"), mode="r")[...]).sum())
-        except (FileNotFoundError, KeyError, ValueError, OSError):
-            done = 0
+        # one chunk file per finished subdomain: counting files is a cheap look at the progress record
+        done = sum(not n.endswith(".partial") for _, _, names in os.walk(out / "_work" / "done" / "c") for n in names)
         if done >= 32:
             process.send_signal(signal.SIGKILL)
             break
-        time.sleep(0.02)
+        time.sleep(0.01)
     process.wait()
     process.stderr.close()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
