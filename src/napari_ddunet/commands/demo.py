@@ -26,7 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "demo",
         help="open napari with the Blue Marble sample and its demo model, ready to press Run",
-        description=__doc__.splitlines()[0],
+        description="Open napari with a sample image, the demo model trained for it and the grid, ready to Run.",
     )
     p.add_argument("--sample", choices=sorted(SAMPLE_MODELS), default="bluemarble", help="which sample to open")
     p.add_argument("--model", help="checkpoint file or bundled model name (default: the one trained for the sample)")
