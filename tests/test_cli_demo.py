@@ -9,6 +9,12 @@ from napari_ddunet.cli import main
 from napari_ddunet.core.models_registry import bundled_models
 
 
+@pytest.fixture(autouse=True)
+def _isolated_widget_state(tmp_path, monkeypatch):
+    """The demo's widget must neither read nor overwrite the user's remembered widget values."""
+    monkeypatch.setenv("NAPARI_DDUNET_WIDGET_STATE", str(tmp_path / "widget-state.json"))
+
+
 def test_unknown_model_fails_before_any_window(capsys):
     assert main(["demo", "--model", "no_such_model"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
