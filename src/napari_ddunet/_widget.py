@@ -9,6 +9,7 @@ refreshes them (throttled) and reacts to buttons, so the event loop stays respon
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -88,6 +89,13 @@ def _lower_thread_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
 
 
+def _cancel_pending(pending: dict[str, threading.Event | None], *_: Any) -> None:
+    """Stop a run whose widget is gone (the dock was closed or the viewer quit)."""
+    event = pending.get("cancel")
+    if event is not None:
+        event.set()
+
+
 def _run_engine(image: Any, model: Any, **kwargs: Any):
     """The engine's generator, run at low priority, with its progress events thinned out for the GUI."""
     from .core.engine import segment_iter
@@ -147,6 +155,9 @@ class DDUNetWidget(QWidget):
         self._run_region: tuple[int, int, int, int] | None = None
         self._run_output: str | None = None
         self._preselected_for = None
+        self._current_image = None
+        self._pending: dict[str, threading.Event | None] = {"cancel": None}
+        self.destroyed.connect(functools.partial(_cancel_pending, self._pending))
         self._run_image_layer = None
         self._dirty = False
         self._restoring = True
@@ -157,7 +168,8 @@ class DDUNetWidget(QWidget):
         self._refresh_timer = QTimer(self, interval=REFRESH_MS)
         self._refresh_timer.timeout.connect(self._refresh_labels)
         self.viewer.camera.events.zoom.connect(self._update_index_visibility)
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+        layer_events = self.viewer.layers.events
+        for event in (layer_events.inserted, layer_events.removed, layer_events.renamed):
             event.connect(self._on_layers_changed)
         self._on_layers_changed()
         _warm_up_layer_imports()
@@ -360,17 +372,21 @@ class DDUNetWidget(QWidget):
         return [layer for layer in layers if isinstance(layer, Image) and not layer.metadata.get("ddunet_derived")]
 
     def _on_layers_changed(self, event=None) -> None:
-        current = self.image_combo.currentText()
-        names = [layer.name for layer in self._image_layers()]
+        """Keep the image list in step with the viewer (layers added, removed, renamed); the chosen layer
+        stays chosen under a new name."""
+        layers = self._image_layers()
+        names = [layer.name for layer in layers]
         if names == [self.image_combo.itemText(i) for i in range(self.image_combo.count())]:
             return
+        current = self._current_image
+        kept = next((i for i, layer in enumerate(layers) if layer is current), None)
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
         self.image_combo.addItems(names)
-        if current in names:
-            self.image_combo.setCurrentIndex(names.index(current))
+        if kept is not None:
+            self.image_combo.setCurrentIndex(kept)
         self.image_combo.blockSignals(False)
-        if current not in names:
+        if kept is None:
             self._on_image_changed()
         self._update_buttons()
 
@@ -379,6 +395,7 @@ class DDUNetWidget(QWidget):
         return self.viewer.layers[name] if name and name in self.viewer.layers else None
 
     def _on_image_changed(self, *_: Any) -> None:
+        self._current_image = self.image_layer()
         self._preselect_model()
         self._guess_channel_axis()
         self._schedule_grid()
@@ -571,7 +588,7 @@ class DDUNetWidget(QWidget):
     def _start_worker(self, layer, kind: str, region, kwargs: dict[str, Any]) -> None:
         from napari.qt.threading import create_worker
 
-        self._cancel = kwargs["cancel"]
+        self._cancel = self._pending["cancel"] = kwargs["cancel"]
         self._run_output = kwargs["output"]
         self._run_kind = kind
         self._run_region = region

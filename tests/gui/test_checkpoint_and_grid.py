@@ -77,8 +77,11 @@ def test_image_picker_tracks_layers_and_guesses_channels(widget):
     assert widget.channel_axis() == 2
     widget.channel_combo.setCurrentIndex(0)
     assert widget.channel_axis() is None
+    viewer.layers["three"].name = "renamed"
+    assert widget.image_combo.currentText() == "rgb"  # still the chosen layer
+    assert [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())] == ["renamed", "rgb"]
     viewer.layers.remove("rgb")
-    assert widget.image_combo.count() == 1 and widget.image_combo.currentText() == "three"
+    assert widget.image_combo.count() == 1 and widget.image_combo.currentText() == "renamed"
 
 
 def test_values_persist_between_sessions(make_napari_viewer, checkpoint):

@@ -141,3 +141,20 @@ def test_current_view_only_runs_the_visible_subdomains(widget, qtbot, checkpoint
     np.testing.assert_array_equal(np.asarray(viewer.layers["img DDU-Net labels"].data), expected)
     viewer.reset_view()
     assert widget.current_view_region() is None
+
+
+def test_closing_the_widget_cancels_its_run(make_napari_viewer, qtbot, checkpoint):
+    from napari_ddunet._widget import DDUNetWidget
+
+    viewer = make_napari_viewer()
+    widget = DDUNetWidget(viewer)
+    _ready(widget, checkpoint, np.random.default_rng(6).random((1024, 1024)).astype(np.float32))
+    widget.set_subdomain_size((32, 32))
+    widget.budget_spin.setValue(1)
+    widget.features_check.setChecked(False)
+    returned = []
+    widget.run()
+    widget.worker.returned.connect(returned.append)
+    widget.deleteLater()
+    qtbot.waitUntil(lambda: bool(returned), timeout=TIMEOUT)
+    assert returned[0].cancelled
