@@ -59,3 +59,21 @@ def test_demo_viewer_is_ready_to_run(make_napari_viewer):
     assert widget.subdomain_size() == tuple(widget.model.info.subdomain_size)
     assert GRID_LAYER_NAME in viewer.layers
     assert widget.run_button.isEnabled()
+
+
+def test_demo_segment_presses_run(make_napari_viewer, tmp_path):
+    """--segment runs the widget on the whole sample and leaves the labels layer (tiny model, strip sample)."""
+    import torch
+
+    from napari_ddunet import DDUNet, ModelConfig, save_checkpoint
+    from napari_ddunet.commands.demo import press_run, resolve_model, setup_viewer
+
+    torch.manual_seed(0)
+    config = ModelConfig(in_channels=1, num_classes=3, depth=2, base_channels=2, comm_features=4)
+    path = save_checkpoint(tmp_path / "tiny.pt", DDUNet(config), subdomain_size=(32, 32))
+    viewer = make_napari_viewer()
+    widget = setup_viewer(viewer, "synthetic_strip", resolve_model("synthetic_strip", str(path)))
+    press_run(widget, timeout_ms=120_000)
+    labels = [layer for layer in viewer.layers if layer.__class__.__name__ == "Labels" and layer.visible]
+    assert len(labels) == 1 and labels[0].data.shape == (32, 256)
+    assert widget.result is not None and widget.result.grid == (1, 8)

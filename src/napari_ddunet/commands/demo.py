@@ -32,6 +32,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint file or bundled model name (default: the one trained for the sample)")
     p.add_argument("--screenshot", type=Path, metavar="PATH", help="save a PNG of the window to PATH and exit")
     p.add_argument("--no-run", action="store_true", help="set up the viewer, then exit without the event loop")
+    p.add_argument("--segment", action="store_true",
+                   help="press Run for you: segment the whole image before the screenshot / the event loop")
     p.set_defaults(run=run)
     return p
 
@@ -74,6 +76,7 @@ def setup_viewer(viewer, sample: str, checkpoint: Path):
         widget.image_combo.setCurrentText(images[0].name)
     if not widget.load_checkpoint(checkpoint, quiet=True):
         raise DemoError(f"cannot load the demo model {checkpoint}")
+    widget.grid_check.setChecked(True)
     widget.draw_grid()
     from .._grid_layer import GRID_LAYER_NAME
 
@@ -83,6 +86,13 @@ def setup_viewer(viewer, sample: str, checkpoint: Path):
     if sample == "bluemarble":
         _show_test_band(viewer)
     return widget
+
+
+def press_run(widget, timeout_ms: int = 3_600_000) -> None:
+    """Segment the whole image as the Run button would, and wait for the result (for --segment)."""
+    widget.view_check.setChecked(False)
+    widget.run()
+    widget.wait(timeout_ms=timeout_ms)
 
 
 def _show_test_band(viewer) -> None:
@@ -105,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     viewer = napari.Viewer(title="napari-ddunet demo")
     viewer.window.set_geometry(0, 0, 1600, 1000)
     try:
-        setup_viewer(viewer, args.sample, checkpoint)
+        widget = setup_viewer(viewer, args.sample, checkpoint)
+        if args.segment:
+            press_run(widget)
         if args.screenshot is None and not args.no_run:
             napari.run()
             return 0
