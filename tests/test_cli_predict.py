@@ -142,6 +142,13 @@ def test_output_rules(files, tmp_path, capsys):
         assert len(err) == 1 and match in err[0], err
     assert digest(out) == before
     assert (files["root"] / "afile").read_text() == "not a folder"
+    # the input itself is never an output, not even with --overwrite
+    image_store = tmp_path / "in.zarr"
+    zarr.create_array(str(image_store), shape=(75, 161), chunks=(32, 32), dtype="f4")[...] = files["image"]
+    kept = digest(image_store)
+    assert main(["predict", str(files["ckpt"]), str(image_store), str(image_store), "--overwrite", "--quiet"]) == 2
+    assert "is (or contains) the input" in capsys.readouterr().err
+    assert digest(image_store) == kept
     # told to: overwrite replaces it
     assert main([*base, str(out), "--subdomain-size", "32", "48", "--overwrite", "--quiet"]) == 0
     assert open_output(out)["attrs"]["subdomain_size"] == [32, 48]

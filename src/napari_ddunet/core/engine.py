@@ -103,6 +103,16 @@ def _resolve_model(model: Any) -> DDUNet:
     raise EngineError(f"model must be a DDUNet or a checkpoint path, got {type(model).__name__}")
 
 
+def _refuse_input_inside(image: Any, output: Path) -> None:
+    """An output that is, or contains, the input file or store would be deleted by overwrite: refuse it."""
+    where = image if isinstance(image, str | Path) else getattr(getattr(image, "store", None), "root", None)
+    if where is None:
+        return
+    source, target = Path(where).resolve(), output.resolve()
+    if source == target or target in source.parents:
+        raise EngineError(f"output {output} is (or contains) the input {where}; choose another output")
+
+
 def _weights_digest(model: DDUNet) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -278,6 +288,7 @@ def segment_iter(
     path = None
     if output is not None:
         path = check_output_location(output, overwrite=overwrite, resume=resume)
+        _refuse_input_inside(image, path)
     elif distributed is not None and distributed.world > 1:
         raise EngineError("a distributed run needs an output store that every rank can write")
     check_finite(source)
