@@ -1,0 +1,49 @@
+"""Helpers between engine and layers: strided live pyramid levels and progress-event coalescing."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_ddunet._live import StridedView, coalesce_events, labels_layer_data
+from napari_ddunet.core.engine import ProgressEvent
+
+
+def test_strided_view_reads_every_step_th_pixel():
+    base = np.arange(37 * 50).reshape(37, 50)
+    view = StridedView(base, 4)
+    assert view.shape == (10, 13) and view.size == 130 and view.dtype == base.dtype
+    np.testing.assert_array_equal(np.asarray(view), base[::4, ::4])
+    np.testing.assert_array_equal(view[2:7, 3], base[8:28:4, 12])
+    np.testing.assert_array_equal(view[1:9:2, :5], base[4:36:8, :20:4])
+
+
+def test_big_in_memory_labels_get_strided_levels():
+    labels = np.zeros((4100, 300), np.uint8)
+    data, multiscale = labels_layer_data(labels)
+    assert multiscale and data[0] is labels
+    assert [level.shape for level in data[1:]] == [(2050, 150), (1025, 75), (513, 38)]
+    assert labels_layer_data(np.zeros((2048, 2048), np.uint8))[1] is False
+
+
+def _engine(events, result="result"):
+    yield from events
+    return result
+
+
+def test_coalescing_keeps_outputs_phase_ends_and_merges_regions():
+    events = [ProgressEvent("prepare", 0, 4, outputs={"labels": None})]
+    events += [ProgressEvent("decode", i, 4) for i in range(1, 5)]
+    events += [ProgressEvent("write", i, 4, region=(0, 8, 8 * (i - 1), 8 * i)) for i in range(1, 5)]
+    events += [ProgressEvent("done", 4, 4)]
+    gen = coalesce_events(_engine(events), interval=3600.0)  # nothing passes on time alone
+    passed = []
+    try:
+        while True:
+            passed.append(next(gen))
+    except StopIteration as stop:
+        assert stop.value == "result"
+    assert [(e.phase, e.done) for e in passed] == [("prepare", 0), ("decode", 4), ("write", 4), ("done", 4)]
+    assert passed[0].outputs == {"labels": None}
+    assert passed[2].region == (0, 8, 0, 32)  # the union of the four written subdomains
+    everything = list(coalesce_events(_engine(events), interval=0.0))
+    assert everything == events
