@@ -1,29 +1,36 @@
-"""DDU-Net domain-decomposition segmentation for napari, the command line and Python."""
+"""DDU-Net domain-decomposition segmentation for napari, the command line and Python.
+
+The public names are imported on first use, so that ``napari-ddunet --help`` and napari's
+plugin discovery do not pay for importing torch.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
 
-from .core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .core.config import ConfigError, ModelConfig
-from .core.model import DDUNet
+_EXPORTS = {
+    "CheckpointError": "napari_ddunet.core.checkpoint",
+    "load_checkpoint": "napari_ddunet.core.checkpoint",
+    "save_checkpoint": "napari_ddunet.core.checkpoint",
+    "ConfigError": "napari_ddunet.core.config",
+    "ModelConfig": "napari_ddunet.core.config",
+    "DDUNet": "napari_ddunet.core.model",
+    "segment": "napari_ddunet.core.engine",
+}
 
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "DDUNet",
-    "ModelConfig",
-    "__version__",
-    "load_checkpoint",
-    "save_checkpoint",
-    "segment",
-]
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
 
-def segment(*args: Any, **kwargs: Any) -> Any:
-    """Segment an image with a checkpoint; see :func:`napari_ddunet.core.engine.segment`."""
-    from .core.engine import segment as _segment
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'napari_ddunet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
 
-    return _segment(*args, **kwargs)
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
