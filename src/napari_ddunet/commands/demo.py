@@ -85,6 +85,8 @@ def setup_viewer(viewer, sample: str, checkpoint: Path):
     viewer.reset_view()
     if sample == "bluemarble":
         _show_test_band(viewer)
+    elif sample == "synthetic_huge":
+        _show_canvas_centre(viewer)
     return widget
 
 
@@ -93,6 +95,14 @@ def press_run(widget, timeout_ms: int = 3_600_000) -> None:
     widget.view_check.setChecked(False)
     widget.run()
     widget.wait(timeout_ms=timeout_ms)
+
+
+def _show_canvas_centre(viewer) -> None:
+    """Zoom onto about 24 x 24 subdomains in the middle of the gigapixel canvas (only those chunks render)."""
+    from ..core.samples import HUGE_SIZE
+
+    viewer.camera.center = (HUGE_SIZE / 2.0, HUGE_SIZE / 2.0)
+    viewer.camera.zoom = viewer.camera.zoom * HUGE_SIZE / 768.0
 
 
 def _show_test_band(viewer) -> None:
