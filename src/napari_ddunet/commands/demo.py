@@ -78,10 +78,6 @@ def setup_viewer(viewer, sample: str, checkpoint: Path):
         raise DemoError(f"cannot load the demo model {checkpoint}")
     widget.grid_check.setChecked(True)
     widget.draw_grid()
-    from .._grid_layer import GRID_LAYER_NAME
-
-    if GRID_LAYER_NAME in viewer.layers:
-        viewer.layers[GRID_LAYER_NAME].edge_width = 1.0  # thin lines: the demo zooms in 4x
     viewer.reset_view()
     if sample == "bluemarble":
         _show_test_band(viewer)
