@@ -112,7 +112,22 @@ def export(results: dict[str, dict], output: Path, target: Path, cmds: dict[str,
                   f"{r['test_iou/line']:.3f}, line precision {r['test_precision/line']:.3f}, line recall "
                   f"{r['test_recall/line']:.3f}, line accuracy {r['test_accuracy/line']:.3f}, circle IoU "
                   f"{r['test_iou/circle']:.3f}.", ""]
-    (target / "RECIPES.md").write_text("\n".join(lines))
+    recipes = target / "RECIPES.md"
+    recipes.write_text(merge_section(recipes.read_text() if recipes.exists() else "", "synthetic", "\n".join(lines)))
+
+
+def merge_section(old: str, marker: str, text: str) -> str:
+    """``old`` with the block between ``<!-- marker:begin -->`` and ``<!-- marker:end -->`` set to ``text``.
+
+    RECIPES.md is shared (the Blue Marble recipes live in their own marked block); the block is
+    put first when the file does not have it yet, and everything outside it is kept.
+    """
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        return head + block + rest.split(end, 1)[1]
+    return block + "\n\n" + old if old.strip() else block + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
