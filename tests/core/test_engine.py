@@ -206,6 +206,18 @@ def test_bad_images(model):
         next(segment_iter(bad, model, subdomain_size=SUB))
 
 
+def test_region_runs_scan_only_the_pixels_they_read(model):
+    """A preview of one corner must not read (or reject) a huge image's far-away pixels."""
+    bad = image()
+    bad[-1, -1] = np.nan
+    corner = (0, 1, 0, 1)
+    preview = segment(bad, model, subdomain_size=SUB, region=corner)
+    clean = segment(image(), model, subdomain_size=SUB, region=corner)
+    np.testing.assert_array_equal(np.asarray(preview[: SUB[0], : SUB[1]]), np.asarray(clean[: SUB[0], : SUB[1]]))
+    with pytest.raises(DDUNetError, match="1 NaN/inf value; first at"):
+        next(segment_iter(bad, model, subdomain_size=SUB, region=(bad.shape[0] - 1, bad.shape[0], 0, bad.shape[1])))
+
+
 def test_resnet18_encoder_with_a_three_row_halo():
     """ResNet-18 bottleneck at 1/16: 32x48 subdomains give 2-pixel bottleneck rows, so the halo spans 3 rows."""
     torch.manual_seed(0)

@@ -291,7 +291,10 @@ def segment_iter(
         _refuse_input_inside(image, path)
     elif distributed is not None and distributed.world > 1:
         raise EngineError("a distributed run needs an output store that every rank can write")
-    check_finite(source)
+    r0, r1, c0, c1 = rect
+    top, _, left, _ = plan.cropped_box(r0, c0)
+    _, bottom, _, right = plan.cropped_box(r1 - 1, c1 - 1)
+    check_finite(source, (top, bottom, left, right))
 
     has_comm = net.comm is not None
     exchange = has_comm and (config.communicate if communicate is None else bool(communicate))
@@ -299,7 +302,6 @@ def segment_iter(
     hb = plan.bottleneck_tile[0]
     halo = config.comm_layers * (config.comm_kernel // 2) * config.comm_dilation if exchange else 0
     halo_rows = math.ceil(halo / hb) if exchange else 0
-    r0, r1, c0, c1 = rect
     itemsize = torch.empty((), dtype=dtype).element_size()
     mem = MemoryModel.of(net, plan.subdomain, itemsize)
     chosen, batch, estimate = choose_schedule(mem, (r1 - r0) * (c1 - c0), c1 - c0, halo_rows, exchange,

@@ -158,18 +158,20 @@ class ImageSource:
         block = self._take(slice(ya, yb), slice(xa, xb))
         return block[:, ry - ya][:, :, rx - xa]
 
-    def blocks(self, side: int = 1024) -> Iterator[tuple[int, int, np.ndarray]]:
+    def blocks(self, side: int = 1024, box: tuple[int, int, int, int] | None = None
+               ) -> Iterator[tuple[int, int, np.ndarray]]:
         """(y0, x0, (C, h, w) float64) blocks of about side x side pixels, aligned to the storage chunks,
-        so that a scan of the whole image holds one block at a time whatever the image size."""
-        height, width = self.shape
+        so that a scan of the image (or of ``box`` = (y0, y1, x0, x1) in it) holds one block at a time."""
+        top, bottom, left, right = box if box is not None else (0, self.shape[0], 0, self.shape[1])
         steps = [side, side]
         chunks = getattr(self.array, "chunks", None)
         if isinstance(chunks, tuple) and chunks and all(isinstance(c, int) for c in chunks):
             spatial = [c for i, c in enumerate(chunks) if i != self.channel_axis]
             steps = [max(c, side // c * c) for c in spatial]
-        for y0 in range(0, height, steps[0]):
-            for x0 in range(0, width, steps[1]):
-                yield y0, x0, self._take(slice(y0, min(height, y0 + steps[0])), slice(x0, min(width, x0 + steps[1])))
+        for y0 in range(top // steps[0] * steps[0], bottom, steps[0]):
+            for x0 in range(left // steps[1] * steps[1], right, steps[1]):
+                ya, xa = max(y0, top), max(x0, left)
+                yield ya, xa, self._take(slice(ya, min(bottom, y0 + steps[0])), slice(xa, min(right, x0 + steps[1])))
 
 
 def _channel_axis(shape: tuple[int, ...], names: list[str] | None, channel_axis: int | None,
@@ -250,17 +252,18 @@ def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int 
     return source
 
 
-def check_finite(source: ImageSource) -> None:
+def check_finite(source: ImageSource, box: tuple[int, int, int, int] | None = None) -> None:
     """Raise :class:`InputError` naming how many pixels are NaN/inf and where the first one is.
 
     Integer images cannot hold them and are not scanned; float images are scanned block by block,
-    so the check costs one read of the image but never holds more than one block.
+    so the check costs one read of the pixels a run will use (``box`` = (y0, y1, x0, x1), default the
+    whole image) but never holds more than one block.
     """
     if not np.issubdtype(source.dtype, np.floating):
         return
     count = 0
     first: tuple[int, int, int] | None = None
-    for y0, x0, block in source.blocks():
+    for y0, x0, block in source.blocks(box=box):
         bad = ~np.isfinite(block)
         n = int(bad.sum())
         if n:
