@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .devices import DeviceWorkers, resolve_devices
+from .devices import DeviceWorkers, resolve_devices, to_device
 from .errors import DDUNetError
 from .grid import PAD_MODE, GridPlan, plan_grid
 from .io import ImageSource, InputError, check_finite, open_image
@@ -319,6 +319,8 @@ def segment_iter(
         batch = max(1, min(batch, c1 - c0))
     if chosen == "monolithic":
         batch = (r1 - r0) * (c1 - c0)
+    elif all(d.type == "cpu" for d in device_list):
+        batch = 1   # one subdomain per job runs fastest on a CPU: it stays in cache (docs/benchmarks.md)
 
     outputs = sorted(n for n, on in (("probabilities", probabilities), ("logits", logits),
                                      ("features", features and has_comm)) if on)
@@ -585,8 +587,7 @@ def _host(tensor: torch.Tensor) -> np.ndarray:
 
 def _encode_job(read: Future, keep: bool, f: int, dtype: torch.dtype) -> Callable:
     def job(replica: DDUNet, device: torch.device) -> tuple[list[torch.Tensor] | None, torch.Tensor]:
-        x = torch.from_numpy(read.result()).to(device=device, dtype=dtype)
-        feats = replica.encode(x)
+        feats = replica.encode(to_device(read.result(), device, dtype))
         sent = feats[-1][:, feats[-1].shape[1] - f:].to("cpu")
         return (feats if keep else None), sent
     return job
@@ -601,7 +602,7 @@ def _decode_job(run: _Run, read: Future | None, held: list[list[torch.Tensor]] |
         if held is not None:
             feats = [torch.cat([h[i] for h in held]).to(device) for i in range(len(held[0]))]
         else:
-            feats = replica.encode(torch.from_numpy(read.result()).to(device=device, dtype=dtype))
+            feats = replica.encode(to_device(read.result(), device, dtype))
         bottleneck = feats[-1]
         split = bottleneck.shape[1] - f
         before = after = None
