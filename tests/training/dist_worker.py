@@ -1,4 +1,4 @@
-"""Run by test_distributed.py under torchrun: one subdomain-parallel step, gradients saved by rank 0."""
+"""Run by test_train_distributed.py under torchrun: one subdomain-parallel step, gradients saved by rank 0."""
 
 import sys
 
