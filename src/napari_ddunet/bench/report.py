@@ -99,7 +99,7 @@ def device_type(result: Result) -> str:
 
 
 def evaluate(results: Sequence[Result], size: int, roofline_mpx: dict[str, float],
-             device: str = "cpu") -> tuple[dict[str, Any], list[Goal]]:
+             device: str = "cpu", threads: int | None = None) -> tuple[dict[str, Any], list[Goal]]:
     """Agreement of every row with its reference, the headline ratios and the issue-7 goals.
 
     Rows are named ``"<contender> <device type>[ xN]"``; the references are the float32 rows
@@ -134,6 +134,10 @@ def evaluate(results: Sequence[Result], size: int, roofline_mpx: dict[str, float
         "engine_bf16_row": engine_bf16.name if engine_bf16 else None,
         "engine_vs_monolithic": _ratio(engine_mpx, mono.megapixels_per_s if mono else None),
         "engine_vs_roofline": _ratio(engine_mpx, roofline_mpx.get("float32")),
+        # load-robust variant: pixels per CPU-second of the run against the roofline per thread
+        "engine_vs_roofline_per_cpu_second": _ratio(
+            engine.size**2 / engine.cpu_seconds / 1e6 if engine and engine.cpu_seconds else None,
+            roofline_mpx["float32"] / threads if roofline_mpx.get("float32") and threads else None),
         "engine_vs_monai": _ratio(engine_mpx, monai.megapixels_per_s if monai else None),
         "bf16_vs_float32": _ratio(bf16_mpx, same_fp32.megapixels_per_s if same_fp32 else None),
         "bf16_agreement": (extra[f"{engine_bf16.name}|{size}|bf16"]["agreement"] if engine_bf16 else None),
@@ -159,6 +163,8 @@ def evaluate(results: Sequence[Result], size: int, roofline_mpx: dict[str, float
     goals = [
         Goal("engine / monolithic throughput", headline["engine_vs_monolithic"], 0.9),
         Goal("engine / float32 matmul roofline", headline["engine_vs_roofline"], 0.6),
+        Goal("engine / float32 roofline per CPU-second (load-robust variant)",
+             headline["engine_vs_roofline_per_cpu_second"], 0.6),
         Goal("engine / MONAI sliding window (25% overlap)", headline["engine_vs_monai"], 1.5),
         Goal(f"engine peak memory {largest}^2 / {smallest}^2" if memory_row else "engine peak memory growth",
              memory_growth, 1.3, higher_is_better=False,

@@ -178,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         report["rows"], report["evaluations"] = {}, []
         for dev in device_types:
             extra, goals = evaluate(results, args.size, {r["dtype"]: r["megapixels_per_s"] for r in roofline
-                                                         if r["device"].split(":")[0] == dev}, device=dev)
+                                                         if r["device"].split(":")[0] == dev}, device=dev,
+                                    threads=threads if dev == "cpu" else None)
             report["rows"].update(extra["rows"])
             report["evaluations"].append({"device": dev, "headline": extra["headline"],
                                           "goals": [g.to_dict() for g in goals]})
