@@ -353,7 +353,9 @@ def segment_iter(
 
     attach = distributed is not None and distributed.world > 1 and distributed.rank != 0
     if distributed is not None and distributed.world > 1:
-        # rank 0 creates (or reopens) the store; the others open it once it exists, or all fail together
+        # every rank has validated the request (an existing output included) before rank 0 creates the store;
+        # rank 0 creates (or reopens) it, the others open it once it exists, or all fail together
+        distributed.barrier()
         error: DDUNetError | None = None
         if distributed.rank == 0:
             try:
