@@ -138,6 +138,13 @@ def init_from_env() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def shutdown() -> None:
+    """Leave the process group together: a rank that exits while gloo still talks to it aborts the other."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class SubdomainParallel:
     """Runs a DDUNet with this rank's share of the subdomains (see the module docstring).
 

@@ -28,7 +28,7 @@ from napari_ddunet.core.checkpoint import save_checkpoint
 from napari_ddunet.core.config import ModelConfig
 from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.model import DDUNet
-from training import datasets, losses
+from training import datasets, distributed, losses
 from training.metrics import ConfusionMatrix
 
 DATASETS = ("synthetic", "folder", "zarr", "bluemarble")
@@ -279,8 +279,6 @@ class Trainer:
             load_resnet18_trunk(model.encoder, args.pretrained)
         self.model = model.to(self.device, self.dtype)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from training import distributed
-
             self.dist = distributed.SubdomainParallel(self.model, self.grid)
         self.forward_model = self._parallel_forward()
         self.mean = torch.tensor(task.mean, dtype=self.dtype, device=self.device).view(1, -1, 1, 1)
@@ -496,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     except DDUNetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
     return 0
 
 

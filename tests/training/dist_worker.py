@@ -3,7 +3,7 @@
 import sys
 
 import torch
-from training.distributed import SubdomainParallel
+from training.distributed import SubdomainParallel, shutdown
 
 from napari_ddunet.core.config import ModelConfig
 from napari_ddunet.core.model import DDUNet
@@ -42,6 +42,7 @@ def main(out: str) -> None:
     results = {f"{c}-{w}": step(c, w) for c, w in CASES}
     if results[f"{CASES[0][0]}-{CASES[0][1]}"] is not None:
         torch.save(results, out)
+    shutdown()
 
 
 if __name__ == "__main__":
