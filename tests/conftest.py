@@ -1,7 +1,8 @@
-"""Shared fixtures: tiny float64 models for exactness tests."""
+"""Shared fixtures: tiny float64 models for exactness tests, tiny image/mask datasets."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,3 +37,33 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
                 module.running_var.copy_(0.5 + torch.rand(n, generator=generator, dtype=dtype))
                 module.weight.copy_(0.5 + torch.rand(n, generator=generator, dtype=dtype))
                 module.bias.copy_(0.1 * torch.randn(n, generator=generator, dtype=dtype))
+
+
+@pytest.fixture
+def write_image_pairs():
+    """``write_image_pairs(root, kind)``: a tiny image/mask dataset, kind "folder" (PNG + TIFF) or "zarr"."""
+
+    def write(root, kind: str, count: int = 3, shape=(40, 48)) -> None:
+        rng = np.random.default_rng(0)
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+        for i in range(count):
+            image = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
+            mask = (image[..., 0] > 128).astype(np.uint8) + (image[..., 1] > 200)
+            if kind == "zarr":
+                import zarr
+
+                zarr.save_array(str(root / "images" / f"im{i}.zarr"), np.moveaxis(image, -1, 0))  # (C, H, W)
+                zarr.save_array(str(root / "masks" / f"im{i}.zarr"), mask)
+            elif i % 2:
+                import tifffile
+
+                tifffile.imwrite(root / "images" / f"im{i}.tif", image)
+                tifffile.imwrite(root / "masks" / f"im{i}.tif", mask)
+            else:
+                from PIL import Image
+
+                Image.fromarray(image).save(root / "images" / f"im{i}.png")
+                Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
+
+    return write

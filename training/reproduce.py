@@ -33,7 +33,7 @@ MODELS = {
     "DDU-Net(3,16,N)": ("synthetic_ddunet_N", ["--no-communication"]),
     "U-Net(3)": ("synthetic_unet", ["--baseline"]),
 }
-FULL = {"train": 4000, "val": 1000, "test": 1000, "epochs": 40, "min_epochs": 20}
+FULL = {"train": 4000, "val": 1000, "test": 1000, "epochs": 80, "min_epochs": 20}
 QUICK = {"train": 600, "val": 200, "test": 200, "epochs": 6, "min_epochs": 6}
 
 

@@ -2,7 +2,6 @@
 
 import csv
 
-import numpy as np
 import pytest
 import torch
 
@@ -52,34 +51,10 @@ def test_baseline_unet_uses_the_whole_crop(tmp_path):
     _check_outputs(tmp_path, "U-Net(2)", 1, 3, (16, 32))
 
 
-def _write_pairs(root, kind: str, count: int = 3, shape=(40, 48)) -> None:
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(count):
-        image = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
-        mask = (image[..., 0] > 128).astype(np.uint8) + (image[..., 1] > 200)
-        if kind == "zarr":
-            import zarr
-
-            zarr.save_array(str(root / "images" / f"im{i}.zarr"), np.moveaxis(image, -1, 0))  # (C, H, W)
-            zarr.save_array(str(root / "masks" / f"im{i}.zarr"), mask)
-        elif i % 2:
-            import tifffile
-
-            tifffile.imwrite(root / "images" / f"im{i}.tif", image)
-            tifffile.imwrite(root / "masks" / f"im{i}.tif", mask)
-        else:
-            from PIL import Image
-
-            Image.fromarray(image).save(root / "images" / f"im{i}.png")
-            Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
-
-
 @pytest.mark.parametrize("kind", ["folder", "zarr"])
-def test_image_pairs_one_epoch(tmp_path, kind):
+def test_image_pairs_one_epoch(tmp_path, kind, write_image_pairs):
     data = tmp_path / "data"
-    _write_pairs(data, kind)
+    write_image_pairs(data, kind)
     out = tmp_path / "out"
     assert _run(out, "--dataset", kind, "--data", str(data), "--grid", "2", "2", "--subdomain-size", "8", "8",
                 "--samples-per-epoch", "4", "--epochs", "1", "--class-names", "a", "b", "c") == 0
