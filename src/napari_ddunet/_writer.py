@@ -14,20 +14,15 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from .core.sink import ome_labels_metadata
+
 CHUNK = 512
 MIN_LEVEL_SIDE = 256
 
 
-def _colors(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    colormap = meta.get("colormap")
-    mapping = getattr(colormap, "color_dict", None)
-    if not mapping:
-        return []
-    return [
-        {"label-value": int(k), "rgba": [round(float(v) * 255) for v in np.asarray(c).ravel()[:4]]}
-        for k, c in mapping.items()
-        if k is not None
-    ]
+def _colors(meta: dict[str, Any]) -> dict[int, Any]:
+    mapping = getattr(meta.get("colormap"), "color_dict", None) or {}
+    return {int(k): np.asarray(c).ravel()[:4] for k, c in mapping.items() if k is not None}
 
 
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -47,22 +42,15 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     root = zarr.open_group(str(out), mode="w-")
     group = root.create_group("labels")
     level = base.astype(dtype)
-    datasets = []
     index = 0
     while True:
         chunks = (min(CHUNK, level.shape[0]), min(CHUNK, level.shape[1]))
         target = group.create_array(str(index), shape=level.shape, dtype=dtype, chunks=chunks, fill_value=0)
         da.store(level.rechunk(chunks), target, lock=False)
-        factor = 2**index
-        datasets.append({"path": str(index), "coordinateTransformations": [{"type": "scale", "scale": [factor] * 2}]})
         if min(level.shape) // 2 < MIN_LEVEL_SIDE:
             break
         level = level[::2, ::2]  # nearest neighbour: labels must stay labels
         index += 1
-    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    group.attrs["ome"] = {
-        "version": "0.5",
-        "multiscales": [{"name": meta.get("name", "labels"), "axes": axes, "datasets": datasets}],
-        "image-label": {"version": "0.5", "colors": _colors(meta)},
-    }
+    group.attrs["ome"] = ome_labels_metadata(meta.get("name", "labels"), index + 1, _colors(meta),
+                                             "2x2 subsampling (nearest)")
     return [str(out)]

@@ -61,6 +61,33 @@ def downsample_mode(labels: np.ndarray) -> np.ndarray:
     return np.take_along_axis(blocks, pick[..., None], axis=-1)[..., 0]
 
 
+def ome_labels_metadata(name: str, levels: int, colors: dict[int, Any], method: str) -> dict[str, Any]:
+    """OME-Zarr 0.5 ``ome`` attributes of a labels pyramid whose level i is downsampled by 2**i.
+
+    ``colors`` maps label values to RGB(A) floats in [0, 1]; other OME-Zarr readers show them.
+    """
+    datasets = [
+        {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [2.0 ** level] * 2}]}
+        for level in range(levels)
+    ]
+    ome: dict[str, Any] = {
+        "version": "0.5",
+        "multiscales": [{
+            "name": name,
+            "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "datasets": datasets,
+            "metadata": {"method": method},
+        }],
+        "image-label": {"version": "0.5"},
+    }
+    if colors:
+        ome["image-label"]["colors"] = [
+            {"label-value": int(value), "rgba": [round(255 * float(v)) for v in rgba]}
+            for value, rgba in colors.items()
+        ]
+    return ome
+
+
 def check_output_location(output: str | Path, *, overwrite: bool, resume: bool) -> Path:
     """Refuse an existing output unless told, and an unwritable location; touches nothing."""
     path = Path(output)
@@ -153,24 +180,9 @@ class Sink:
             root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, dimension_names=dims)
             self.arrays[name] = root[name]
         labels = root["labels"]
-        datasets = [
-            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [2.0 ** level] * 2}]}
-            for level in range(self.levels)
-        ]
-        ome: dict[str, Any] = {
-            "version": "0.5",
-            "multiscales": [{
-                "name": "labels",
-                "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-                "datasets": datasets,
-                "metadata": {"method": "2x2 mode (ties: top-left, i.e. nearest)"},
-            }],
-            "image-label": {"version": "0.5", "source": {"image": "../"}},
-        }
-        if colors:
-            ome["image-label"]["colors"] = [
-                {"label-value": i, "rgba": [round(255 * v) for v in c]} for i, c in enumerate(colors)
-            ]
+        label_colors = {i: c for i, c in enumerate(colors)} if colors else {}
+        ome = ome_labels_metadata("labels", self.levels, label_colors, "2x2 mode (ties: top-left, i.e. nearest)")
+        ome["image-label"]["source"] = {"image": "../"}
         labels.attrs["ome"] = ome
         root.attrs["napari_ddunet"] = meta
         self.root = root
