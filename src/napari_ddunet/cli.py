@@ -28,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-ddunet {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"napari_ddunet.commands.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"napari_ddunet.commands.{name}":
-                raise
-            continue
-        module.add_parser(subparsers)
+        importlib.import_module(f"napari_ddunet.commands.{name}").add_parser(subparsers)
     return parser
 
 
