@@ -49,6 +49,15 @@ def test_disc_and_line_shapes():
     assert (mask[7:9, 12:36] == LINE).all()
 
 
+def test_a_later_line_never_covers_an_earlier_circle():
+    """Mask and image agree where pairs overlap: every white pixel is a circle in the mask."""
+    first = ((16, 16), (16, 48))
+    crossing = ((4, 20), (28, 20))  # its line runs straight through the first pair's left circle
+    image, mask = synthetic.render((32, 64), [first, crossing])
+    assert np.array_equal(image == 1.0, mask == CIRCLE)
+    assert (mask == LINE).any()
+
+
 def test_grid_classes_and_reproducibility():
     a = synthetic_grid(3, 4, (16, 24), seed=5, pairs=3)
     b = synthetic_grid(3, 4, (16, 24), seed=5, pairs=3)

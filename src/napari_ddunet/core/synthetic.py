@@ -138,7 +138,7 @@ def render(
         t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / length2, 0.0, 1.0) if length2 else np.zeros(yy.shape)
         dist2 = (yy - (y0 + t * dy)) ** 2 + (xx - (x0 + t * dx)) ** 2
         box = mask[top:bottom, left:right]
-        box[dist2 <= half * half] = LINE
+        box[(dist2 <= half * half) & (box != CIRCLE)] = LINE  # a later line never covers an earlier circle
         for cy, cx in ((y0, x0), (y1, x1)):
             disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius * radius
             box[disc] = CIRCLE
