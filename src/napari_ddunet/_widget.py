@@ -8,10 +8,12 @@ refreshes them (throttled) and reacts to buttons, so the event loop stays respon
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -63,6 +65,16 @@ REFRESH_MS = 400
 MIN_INDEX_SCREEN_PX = 56
 #: Nice value of the worker thread (Linux): background work yields the CPU to the GUI thread.
 WORKER_NICE = 10
+
+
+def temporary_store() -> str:
+    """A zarr path in a new temporary folder that is removed when Python exits.
+
+    Its Labels layer reads from it for as long as the viewer lives, so it cannot go earlier.
+    """
+    folder = tempfile.mkdtemp(prefix="napari-ddunet-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return str(Path(folder) / "labels.zarr")
 
 
 def available_devices() -> list[tuple[str, str]]:
@@ -569,7 +581,7 @@ class DDUNetWidget(QWidget):
         if kind == "compare":
             output = None
         elif output is None and shape[ya] * shape[xa] > IN_MEMORY_PIXELS:
-            output = str(Path(tempfile.mkdtemp(prefix="napari-ddunet-")) / "labels.zarr")
+            output = temporary_store()
         kwargs: dict[str, Any] = {
             "subdomain_size": self.subdomain_size(),
             "devices": tuple(devices),

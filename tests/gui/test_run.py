@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -158,3 +162,16 @@ def test_closing_the_widget_cancels_its_run(make_napari_viewer, qtbot, checkpoin
     widget.deleteLater()
     qtbot.waitUntil(lambda: bool(returned), timeout=TIMEOUT)
     assert returned[0].cancelled
+
+
+def test_temporary_stores_are_removed_when_python_exits():
+    """Big images without an Output path go to a temporary store: it must not outlive the session."""
+    script = ("import sys, zarr\n"
+              "from napari_ddunet._widget import temporary_store\n"
+              "path = temporary_store()\n"
+              "zarr.create_array(path, shape=(4, 4), dtype='u1')\n"
+              "print(path)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    store = Path(done.stdout.strip())
+    assert store.name == "labels.zarr" and store.parent.name.startswith("napari-ddunet-")
+    assert not store.parent.exists()
