@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from napari_ddunet.core.batchnorm import global_batch_norm, update_running_stats
 from napari_ddunet.core.mosaic import Grid, from_subdomains, to_subdomains
 
 
@@ -79,32 +80,16 @@ def all_gather(tensor: torch.Tensor) -> torch.Tensor:
 class SyncBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover the batches of all ranks (any backend).
 
-    Same parameters, buffers and state-dict keys as ``nn.BatchNorm2d``. The sums of x and x^2
-    and the element count are all-reduced with autograd, so gradients flow through the
-    statistics exactly as in a single-process BatchNorm over the union of the batches.
+    Same parameters, buffers and state-dict keys as ``nn.BatchNorm2d``. The element count, the
+    sum and the centred sum of squares are all-reduced with autograd, so gradients flow through
+    the statistics exactly as in a single-process BatchNorm over the union of the batches.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
             return super().forward(x)
-        c = x.shape[1]
-        count = torch.tensor([x.numel() // c], dtype=x.dtype, device=x.device)
-        stats = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count])
-        stats = all_reduce(stats)
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = stats[c:2 * c] / n - mean * mean
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                unbiased = var * (n / (n - 1))
-                self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
-                self.running_var.mul_(1 - momentum).add_(momentum * unbiased.detach())
-        shape = (1, c, 1, 1)
-        y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+        y, mean, unbiased_var = global_batch_norm(x, self.weight, self.bias, self.eps, all_reduce)
+        update_running_stats(self, mean, unbiased_var)
         return y
 
 

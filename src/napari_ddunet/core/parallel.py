@@ -37,6 +37,7 @@ and autocast of the caller are carried into the worker threads.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -46,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .batchnorm import global_batch_norm, update_running_stats
 from .config import ModelConfig
 from .errors import DDUNetError
 from .model import DDUNet
@@ -106,31 +108,11 @@ class _SyncBatchNorm(nn.Module):
         if not m.training and m.track_running_stats:
             return F.batch_norm(x, m.running_mean.to(x.device), m.running_var.to(x.device),
                                 self.weight, self.bias, False, 0.0, m.eps)
-        shape = (1, -1, 1, 1)
-        count = self.group.all_sum(self.rank, x.numel() // x.shape[1])
-        if count <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
-        mean = self.group.all_sum(self.rank, x.sum(dim=(0, 2, 3))) / count
-        centered = x - mean.view(shape)
-        var = self.group.all_sum(self.rank, centered.square().sum(dim=(0, 2, 3))) / count
-        y = centered * torch.rsqrt(var + m.eps).view(shape)
-        if self.weight is not None:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        if m.training and m.track_running_stats and self.rank == 0:
-            self._update_running_stats(m, mean.detach(), var.detach() * (count / (count - 1)))
+        y, mean, unbiased_var = global_batch_norm(x, self.weight, self.bias, m.eps,
+                                                  functools.partial(self.group.all_sum, self.rank))
+        if m.training and self.rank == 0:
+            update_running_stats(m, mean, unbiased_var)
         return y
-
-    @staticmethod
-    def _update_running_stats(m: nn.BatchNorm2d, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
-        """Exactly what ``nn.BatchNorm2d`` does after one whole-batch forward in training mode."""
-        with torch.no_grad():
-            factor = 0.0 if m.momentum is None else m.momentum
-            if m.num_batches_tracked is not None:
-                m.num_batches_tracked.add_(1)
-                if m.momentum is None:
-                    factor = 1.0 / float(m.num_batches_tracked)
-            m.running_mean.mul_(1 - factor).add_(mean.to(m.running_mean), alpha=factor)
-            m.running_var.mul_(1 - factor).add_(unbiased_var.to(m.running_var), alpha=factor)
 
 
 def _replica(model: DDUNet, group: _ChunkGroup, rank: int) -> DDUNet:
