@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._live import label_colormap
+
 
 def two_circles_image(shape: tuple[int, int] = (512, 768), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A noisy grey image with two discs of different brightness, and its 3-class ground truth.
@@ -34,11 +36,6 @@ def make_two_circles():
 # -- the paper's task, real data and the gigapixel canvas (pure generators in core/samples.py) ----
 
 
-def _labels_colormap(colors) -> dict:
-    """napari DirectLabelColormap dict from RGBA class colours (label k gets colour k)."""
-    return {None: (0.0, 0.0, 0.0, 0.0), **{k: tuple(c) for k, c in enumerate(colors)}}
-
-
 def _layers(key: str, name: str, image, mask, colors, image_kwargs=None, mask_kwargs=None) -> list:
     from .core.samples import sample_metadata
 
@@ -46,7 +43,7 @@ def _layers(key: str, name: str, image, mask, colors, image_kwargs=None, mask_kw
     return [
         (image, {"name": name, "metadata": dict(meta), **(image_kwargs or {})}, "image"),
         (mask, {"name": f"{name} ground truth", "metadata": dict(meta), "visible": False,
-                "colormap": _labels_colormap(colors), **(mask_kwargs or {})}, "labels"),
+                "colormap": label_colormap(colors), **(mask_kwargs or {})}, "labels"),
     ]
 
 
