@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from napari_ddunet.core import synthetic
+from napari_ddunet.core.checkpoint import default_class_names
 from napari_ddunet.core.errors import DDUNetError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
@@ -376,7 +377,7 @@ def pairs_task(
         num_classes = max(found, 2)
     elif found > num_classes:
         raise DatasetError(f"{root}: masks hold label {found - 1} but --num-classes is {num_classes}")
-    names = tuple(class_names) if class_names else ("background", *(f"class {i}" for i in range(1, num_classes)))
+    names = tuple(class_names) if class_names else default_class_names(num_classes)
     if len(names) != num_classes:
         raise DatasetError(f"{len(names)} class names for {num_classes} classes")
     mean, std = _statistics(sources["train"])

@@ -81,7 +81,8 @@ def _library_version() -> str:
     return __version__
 
 
-def _default_names(num_classes: int) -> tuple[str, ...]:
+def default_class_names(num_classes: int) -> tuple[str, ...]:
+    """What unnamed classes are called: background first."""
     return ("background", *(f"class {i}" for i in range(1, num_classes)))
 
 
@@ -103,7 +104,7 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` and what is needed to use it to one file (written atomically)."""
     config = model.config
-    names = tuple(class_names or config.class_names or _default_names(config.num_classes))
+    names = tuple(class_names or config.class_names or default_class_names(config.num_classes))
     if len(names) != config.num_classes:
         raise CheckpointError(f"{len(names)} class names for a model with {config.num_classes} classes")
     colors = tuple(tuple(float(v) for v in c) for c in (class_colors or _default_colors(config.num_classes)))
@@ -182,7 +183,7 @@ def read_checkpoint_info(path: str | Path) -> tuple[CheckpointInfo, dict[str, to
         size = payload.get("subdomain_size")
         info = CheckpointInfo(
             config=config,
-            class_names=config.class_names or _default_names(config.num_classes),
+            class_names=config.class_names or default_class_names(config.num_classes),
             class_colors=tuple(tuple(float(v) for v in c) for c in payload["class_colors"]),
             normalization=None if normalization is None else Normalization.from_dict(normalization),
             subdomain_size=None if size is None else (int(size[0]), int(size[1])),
