@@ -29,7 +29,7 @@ def child(args: argparse.Namespace) -> None:
     import zarr
 
     from napari_ddunet import DDUNet, ModelConfig
-    from napari_ddunet.core.engine import segment
+    from napari_ddunet.core.inference.engine import segment
 
     zarr.open_array(args.image, mode="r")
 

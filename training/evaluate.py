@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from napari_ddunet.core.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from napari_ddunet.core.checkpoints.format import load_checkpoint, read_checkpoint_info, save_checkpoint
 from napari_ddunet.core.errors import DDUNetError
 from training import datasets
 from training.metrics import ConfusionMatrix
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def without_communication(model):
     """The same weights with C=N: the communication network sees each subdomain's bottleneck alone."""
-    from napari_ddunet.core.model import DDUNet
+    from napari_ddunet.core.network.model import DDUNet
 
     plain = DDUNet(model.config.replace(communicate=False))
     plain.load_state_dict(model.state_dict())

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from napari_ddunet.core.checkpoint import read_checkpoint_info
+from napari_ddunet.core.checkpoints.format import read_checkpoint_info
 
 #: Thesis Table 7.4 (2-subdomain synthetic task): "mean IoU", precision, recall, accuracy for the
 #: line class. The first column cannot be the line IoU (IoU <= min(precision, recall)); it matches

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_ddunet.core.checkpoint import save_checkpoint
-from napari_ddunet.core.config import ModelConfig
+from napari_ddunet.core.checkpoints.format import save_checkpoint
 from napari_ddunet.core.errors import DDUNetError
-from napari_ddunet.core.model import DDUNet
+from napari_ddunet.core.network.config import ModelConfig
+from napari_ddunet.core.network.model import DDUNet
 from training import datasets, distributed, losses
 from training.metrics import ConfusionMatrix
 
@@ -274,7 +274,7 @@ class Trainer:
         self.dist = None
         model = DDUNet(config)
         if args.pretrained is not None:
-            from napari_ddunet.core.resnet import load_resnet18_trunk
+            from napari_ddunet.core.network.resnet import load_resnet18_trunk
 
             load_resnet18_trunk(model.encoder, args.pretrained)
         self.model = model.to(self.device, self.dtype)
@@ -295,12 +295,12 @@ class Trainer:
         return 0 if self.dist is None else self.dist.rank
 
     def _parallel_forward(self):
-        """Several devices in one process (napari_ddunet.core.parallel): exact, with synchronised BatchNorm."""
+        """Several devices in one process (napari_ddunet.core.network.parallel): exact, with synchronised BatchNorm."""
         if len(self.devices) < 2:
             return None
         if self.dist is not None:
             raise TrainingError("use one device per process under torchrun (--devices with a single device)")
-        from napari_ddunet.core.parallel import DataParallelDDUNet
+        from napari_ddunet.core.network.parallel import DataParallelDDUNet
 
         return DataParallelDDUNet(self.model, self.devices, comm_device=self.device, output_device=self.device)
 

@@ -12,13 +12,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CheckpointError": "napari_ddunet.core.checkpoint",
-    "load_checkpoint": "napari_ddunet.core.checkpoint",
-    "save_checkpoint": "napari_ddunet.core.checkpoint",
-    "ConfigError": "napari_ddunet.core.config",
-    "ModelConfig": "napari_ddunet.core.config",
-    "DDUNet": "napari_ddunet.core.model",
-    "segment": "napari_ddunet.core.engine",
+    "CheckpointError": "napari_ddunet.core.checkpoints.format",
+    "load_checkpoint": "napari_ddunet.core.checkpoints.format",
+    "save_checkpoint": "napari_ddunet.core.checkpoints.format",
+    "ConfigError": "napari_ddunet.core.network.config",
+    "ModelConfig": "napari_ddunet.core.network.config",
+    "DDUNet": "napari_ddunet.core.network.model",
+    "segment": "napari_ddunet.core.inference.engine",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

@@ -11,8 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .core.errors import DDUNetError
+from napari_ddunet import __version__
+from napari_ddunet.core.errors import DDUNetError
 
 COMMANDS = ("predict", "info", "bench", "demo")
 

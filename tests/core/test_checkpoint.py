@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_ddunet import CheckpointError, load_checkpoint, save_checkpoint
-from napari_ddunet.core.checkpoint import FORMAT_VERSION, Normalization, read_checkpoint_info
+from napari_ddunet.core.checkpoints.format import FORMAT_VERSION, Normalization, read_checkpoint_info
 
 
 class _Payload:

@@ -12,11 +12,11 @@ import zarr
 from engine_cases import SHAPE, SUB, image, reference, tiny_model
 
 from napari_ddunet import DDUNet, ModelConfig
-from napari_ddunet.core.checkpoint import CheckpointInfo, Normalization
-from napari_ddunet.core.engine import ProgressEvent, segment, segment_iter
+from napari_ddunet.core.checkpoints.format import CheckpointInfo, Normalization
 from napari_ddunet.core.errors import DDUNetError
-from napari_ddunet.core.grid import pad_to_grid, plan_grid
-from napari_ddunet.core.sink import downsample_mode, open_output
+from napari_ddunet.core.inference.engine import ProgressEvent, segment, segment_iter
+from napari_ddunet.core.inference.grid import pad_to_grid, plan_grid
+from napari_ddunet.core.inference.sink import downsample_mode, open_output
 
 
 def run(img, model, **kwargs):

@@ -13,8 +13,8 @@ import torch
 from engine_cases import SHAPE, image, reference, tiny_model
 
 from napari_ddunet import load_checkpoint, save_checkpoint
-from napari_ddunet.core.distributed import DistContext
-from napari_ddunet.core.sink import open_output
+from napari_ddunet.core.inference.distributed import DistContext
+from napari_ddunet.core.inference.sink import open_output
 
 WORKER = textwrap.dedent(
     """
@@ -26,8 +26,8 @@ WORKER = textwrap.dedent(
     import zarr
 
     from napari_ddunet import load_checkpoint
-    from napari_ddunet.core.distributed import DistContext
-    from napari_ddunet.core.engine import segment
+    from napari_ddunet.core.inference.distributed import DistContext
+    from napari_ddunet.core.inference.engine import segment
 
     root = sys.argv[1]
     context = DistContext.from_env()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_ddunet.core.grid import GridError, crop_to_image, pad_to_grid, plan_grid, reflect_index
+from napari_ddunet.core.inference.grid import GridError, crop_to_image, pad_to_grid, plan_grid, reflect_index
 
 
 def test_plan_pads_to_whole_subdomains():

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 import zarr
 
-from napari_ddunet.core.io import InputError, check_finite, open_image
+from napari_ddunet.core.io.images import InputError, check_finite, open_image
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from napari_ddunet import DDUNet, ModelConfig
-from napari_ddunet.core.mosaic import from_subdomains, to_subdomains
-from napari_ddunet.core.receptive_field import positive_probe
-from napari_ddunet.core.resnet import PretrainedWeightsError, ResNet18Encoder, load_resnet18_trunk
-from napari_ddunet.core.unet import UNetDecoder, UNetEncoder
+from napari_ddunet.core.analysis.receptive_field import positive_probe
+from napari_ddunet.core.network.mosaic import from_subdomains, to_subdomains
+from napari_ddunet.core.network.resnet import PretrainedWeightsError, ResNet18Encoder, load_resnet18_trunk
+from napari_ddunet.core.network.unet import UNetDecoder, UNetEncoder
 
 
 def _count(module: torch.nn.Module) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from napari_ddunet import ModelConfig
-from napari_ddunet.core.receptive_field import (
+from napari_ddunet.core.analysis.receptive_field import (
     analytic_receptive_field,
     comm_halo_bottleneck,
     comm_halo_pixels,

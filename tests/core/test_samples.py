@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from napari_ddunet.core import samples, synthetic
+from napari_ddunet.core.data import samples, synthetic
 
 
 def _consistent(image: np.ndarray, mask: np.ndarray) -> None:
@@ -44,7 +44,7 @@ def test_metadata_names_the_fitting_model(tmp_path, monkeypatch):
 
 
 def _bundled(stem: str) -> bool:
-    from napari_ddunet.core.models_registry import bundled_models
+    from napari_ddunet.core.checkpoints.bundled import bundled_models
 
     return stem in bundled_models()
 

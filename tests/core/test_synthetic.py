@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from napari_ddunet.core import synthetic
-from napari_ddunet.core.synthetic import CIRCLE, LINE, SyntheticError, synthetic_grid, synthetic_strip, synthetic_window
+from napari_ddunet.core.data import synthetic
+from napari_ddunet.core.data.synthetic import (
+    CIRCLE,
+    LINE,
+    SyntheticError,
+    synthetic_grid,
+    synthetic_strip,
+    synthetic_window,
+)
 
 
 def _circle_subdomains(mask: np.ndarray, h: int, w: int) -> list[tuple[int, int]]:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from napari_ddunet import ModelConfig
-from napari_ddunet.core.receptive_field import eq1_radius
-from napari_ddunet.core.tiling import TilingError, tiled_unet_forward, unet_halo
+from napari_ddunet.core.analysis.receptive_field import eq1_radius
+from napari_ddunet.core.analysis.tiling import TilingError, tiled_unet_forward, unet_halo
 
 
 @pytest.mark.parametrize(("depth", "halo"), [(2, 24), (3, 48)])

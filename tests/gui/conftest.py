@@ -44,7 +44,7 @@ def checkpoint(tmp_path):
 
 @pytest.fixture
 def widget(make_napari_viewer):
-    from napari_ddunet._widget import DDUNetWidget
+    from napari_ddunet.plugin.widget import DDUNetWidget
 
     viewer = make_napari_viewer()
     w = DDUNetWidget(viewer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_ddunet._grid_layer import GRID_LAYER_NAME, grid_labels, grid_lines
+from napari_ddunet.plugin.grid_layer import GRID_LAYER_NAME, grid_labels, grid_lines
 
 
 def test_good_checkpoint_fills_card_and_subdomain_size(widget, checkpoint_factory, errors):
@@ -85,7 +85,7 @@ def test_image_picker_tracks_layers_and_guesses_channels(widget):
 
 
 def test_values_persist_between_sessions(make_napari_viewer, checkpoint):
-    from napari_ddunet._widget import DDUNetWidget
+    from napari_ddunet.plugin.widget import DDUNetWidget
 
     viewer = make_napari_viewer()
     first = DDUNetWidget(viewer)
@@ -113,7 +113,7 @@ def test_huge_grids_get_lines_without_index_texts(widget, checkpoint, qtbot):
 
 
 def test_sample_layers_preselect_their_bundled_model(widget, checkpoint_factory, tmp_path, monkeypatch):
-    from napari_ddunet.core.samples import METADATA_MODEL
+    from napari_ddunet.core.data.samples import METADATA_MODEL
 
     models = tmp_path / "models"
     models.mkdir()

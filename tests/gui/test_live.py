@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_ddunet._live import StridedView, coalesce_events, labels_layer_data
-from napari_ddunet.core.engine import ProgressEvent
+from napari_ddunet.core.inference.engine import ProgressEvent
+from napari_ddunet.plugin.live import StridedView, coalesce_events, labels_layer_data
 
 
 def test_strided_view_reads_every_step_th_pixel():

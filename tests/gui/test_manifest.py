@@ -8,7 +8,7 @@ import numpy as np
 def test_dock_widget_from_the_plugin_menu_runs(make_napari_viewer, qtbot, checkpoint):
     """napari hands plugin widgets a public-only proxy of the viewer: the whole flow must work through it."""
     from napari_ddunet import load_checkpoint, segment
-    from napari_ddunet._widget import DDUNetWidget
+    from napari_ddunet.plugin.widget import DDUNetWidget
 
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-ddunet", "DDU-Net segmentation")
@@ -26,7 +26,7 @@ def test_dock_widget_from_the_plugin_menu_runs(make_napari_viewer, qtbot, checkp
 
 
 def test_labels_layer_saves_through_napari(make_napari_viewer, tmp_path):
-    from napari_ddunet._reader import read
+    from napari_ddunet.plugin.reader import read
 
     viewer = make_napari_viewer()
     labels = np.zeros((600, 560), np.uint8)

@@ -8,8 +8,8 @@ import pytest
 import tifffile
 import zarr
 
-from napari_ddunet._reader import napari_get_reader
-from napari_ddunet._writer import write_labels
+from napari_ddunet.plugin.reader import napari_get_reader
+from napari_ddunet.plugin.writer import write_labels
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ MAX_STALL_S = 0.25
 def test_event_loop_never_stalls_during_a_4096_run(make_napari_viewer, qtbot, checkpoint_factory):
     from qtpy.QtCore import QTimer
 
-    from napari_ddunet._widget import DDUNetWidget
+    from napari_ddunet.plugin.widget import DDUNetWidget
 
     viewer = make_napari_viewer(show=True)
     widget = DDUNetWidget(viewer)

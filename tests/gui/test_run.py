@@ -148,7 +148,7 @@ def test_current_view_only_runs_the_visible_subdomains(widget, qtbot, checkpoint
 
 
 def test_closing_the_widget_cancels_its_run(make_napari_viewer, qtbot, checkpoint):
-    from napari_ddunet._widget import DDUNetWidget
+    from napari_ddunet.plugin.widget import DDUNetWidget
 
     viewer = make_napari_viewer()
     widget = DDUNetWidget(viewer)
@@ -167,7 +167,7 @@ def test_closing_the_widget_cancels_its_run(make_napari_viewer, qtbot, checkpoin
 def test_temporary_stores_are_removed_when_python_exits():
     """Big images without an Output path go to a temporary store: it must not outlive the session."""
     script = ("import sys, zarr\n"
-              "from napari_ddunet._widget import temporary_store\n"
+              "from napari_ddunet.plugin.widget import temporary_store\n"
               "path = temporary_store()\n"
               "zarr.create_array(path, shape=(4, 4), dtype='u1')\n"
               "print(path)\n")

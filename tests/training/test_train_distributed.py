@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from napari_ddunet.core.config import ModelConfig
-from napari_ddunet.core.model import DDUNet
+from napari_ddunet.core.network.config import ModelConfig
+from napari_ddunet.core.network.model import DDUNet
 from training import losses
 
 ROOT = Path(__file__).resolve().parents[2]

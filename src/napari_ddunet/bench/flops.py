@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.model import DDUNet
+from napari_ddunet.core.network.model import DDUNet
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .runners import Result
+from napari_ddunet.bench.runners import Result
 
 MIB = 1024 * 1024
 

@@ -100,9 +100,9 @@ def prepare(workdir: Path, sizes: list[int]) -> dict[str, Path]:
     """Write both checkpoints and one test image per size into ``workdir``; returns their paths."""
     import torch
 
-    from ..core.checkpoint import save_checkpoint
-    from ..core.config import ModelConfig
-    from ..core.model import DDUNet
+    from napari_ddunet.core.checkpoints.format import save_checkpoint
+    from napari_ddunet.core.network.config import ModelConfig
+    from napari_ddunet.core.network.model import DDUNet
 
     workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(SEED)
@@ -219,7 +219,7 @@ def _run_tiled(spec: Spec, model, image) -> tuple[np.ndarray, str | None]:
     """Exact tiled plain U-Net (paper 004): zones of ``subdomain`` pixels plus the exact halo each side."""
     import torch
 
-    from ..core.tiling import tiled_unet_forward, unet_halo
+    from napari_ddunet.core.analysis.tiling import tiled_unet_forward, unet_halo
 
     model = _prepare_model(model, spec)
     x = _whole_image(spec, image)
@@ -231,7 +231,7 @@ def _run_tiled(spec: Spec, model, image) -> tuple[np.ndarray, str | None]:
 def _run_engine(spec: Spec, model, image_store: Path, workdir: Path) -> tuple[Any, str | None]:
     import torch
 
-    from ..core.engine import segment
+    from napari_ddunet.core.inference.engine import segment
 
     output = workdir / f"out_{_key(spec)}.zarr"
     if output.exists():
@@ -275,7 +275,7 @@ def _child(spec: Spec, workdir: str, out: mp.Queue) -> None:
     try:
         import torch
 
-        from ..core.checkpoint import load_checkpoint
+        from napari_ddunet.core.checkpoints.format import load_checkpoint
 
         if spec.threads:
             torch.set_num_threads(spec.threads)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import DDUNetError
+from napari_ddunet.core.errors import DDUNetError
 
 
 class BenchError(DDUNetError):
@@ -63,7 +63,7 @@ def _check(args: argparse.Namespace) -> list[int]:
 
 def _engine_schedules() -> list[str]:
     """The schedules the engine offers (each is forced in turn)."""
-    from ..core import engine
+    from napari_ddunet.core.inference import engine
 
     return list(engine.SCHEDULES)
 
@@ -82,7 +82,7 @@ def _device_sets(device_type: str) -> list[tuple[str, ...]]:
 
 
 def _spec(name: str, kind: str, size: int, devices: tuple[str, ...], **kw: Any):
-    from ..bench.runners import Spec
+    from napari_ddunet.bench.runners import Spec
 
     kind_of_device = devices[0].split(":")[0]
     tag = kind_of_device if len(devices) == 1 else f"{kind_of_device} x{len(devices)}"
@@ -130,12 +130,12 @@ def build_specs(args: argparse.Namespace, sizes: list[int], device_types: list[s
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench.flops import count_flops
-    from ..bench.report import evaluate, format_report, machine_info
-    from ..bench.roofline import matmul_rate
-    from ..bench.runners import REFERENCE_CONFIG, prepare, run_isolated
-    from ..core.config import ModelConfig
-    from ..core.model import DDUNet
+    from napari_ddunet.bench.flops import count_flops
+    from napari_ddunet.bench.report import evaluate, format_report, machine_info
+    from napari_ddunet.bench.roofline import matmul_rate
+    from napari_ddunet.bench.runners import REFERENCE_CONFIG, prepare, run_isolated
+    from napari_ddunet.core.network.config import ModelConfig
+    from napari_ddunet.core.network.model import DDUNet
 
     sizes = _check(args)
     threads = args.threads or torch.get_num_threads()

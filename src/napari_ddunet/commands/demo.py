@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..core.errors import DDUNetError
+from napari_ddunet.core.errors import DDUNetError
 
 PLUGIN = "napari-ddunet"
 WIDGET = "DDU-Net segmentation"
@@ -21,7 +21,7 @@ class DemoError(DDUNetError):
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from ..core.samples import SAMPLE_MODELS
+    from napari_ddunet.core.data.samples import SAMPLE_MODELS
 
     p = subparsers.add_parser(
         "demo",
@@ -40,8 +40,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def resolve_model(sample: str, model: str | None) -> Path:
     """The checkpoint to load: a file path, a bundled name, or the sample's own demo model."""
-    from ..core.models_registry import bundled_models
-    from ..core.samples import SAMPLE_MODELS
+    from napari_ddunet.core.checkpoints.bundled import bundled_models
+    from napari_ddunet.core.data.samples import SAMPLE_MODELS
 
     bundled = bundled_models()
     name = model or SAMPLE_MODELS[sample]
@@ -61,7 +61,7 @@ def resolve_model(sample: str, model: str | None) -> Path:
 def check_sample(sample: str) -> None:
     """Fail with one line, before any window opens, when the sample's data is not installed."""
     if sample == "bluemarble":
-        from ..core import bluemarble
+        from napari_ddunet.core.data import bluemarble
 
         bluemarble.data_dir()
 
@@ -95,7 +95,7 @@ def press_run(widget, timeout_ms: int = 3_600_000) -> None:
 
 def _show_canvas_centre(viewer) -> None:
     """Zoom onto about 24 x 24 subdomains in the middle of the gigapixel canvas (only those chunks render)."""
-    from ..core.samples import HUGE_SIZE
+    from napari_ddunet.core.data.samples import HUGE_SIZE
 
     viewer.camera.center = (HUGE_SIZE / 2.0, HUGE_SIZE / 2.0)
     viewer.camera.zoom = viewer.camera.zoom * HUGE_SIZE / 768.0
@@ -103,7 +103,7 @@ def _show_canvas_centre(viewer) -> None:
 
 def _show_test_band(viewer) -> None:
     """Zoom onto the held-out longitude band (never seen in training), where the grid is readable."""
-    from ..core.samples import bluemarble_test_region
+    from napari_ddunet.core.data.samples import bluemarble_test_region
 
     start, stop = bluemarble_test_region()
     viewer.camera.center = (1100.0, (start + stop) / 2.0)

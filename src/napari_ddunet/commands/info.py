@@ -26,9 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def model_card(path: str) -> dict[str, Any]:
     """Everything the card shows, as plain data (the checkpoint is loaded and validated fully)."""
-    from ..core.checkpoint import load_checkpoint
-    from ..core.receptive_field import analytic_receptive_field, comm_halo_pixels
-    from ..core.tiling import unet_halo
+    from napari_ddunet.core.analysis.receptive_field import analytic_receptive_field, comm_halo_pixels
+    from napari_ddunet.core.analysis.tiling import unet_halo
+    from napari_ddunet.core.checkpoints.format import load_checkpoint
 
     model = load_checkpoint(path, "cpu")
     info = model.info

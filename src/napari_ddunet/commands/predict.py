@@ -49,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..core.checkpoint import load_checkpoint
-    from ..core.distributed import DistContext
-    from ..core.engine import segment_iter
-    from ..core.errors import DDUNetError
+    from napari_ddunet.core.checkpoints.format import load_checkpoint
+    from napari_ddunet.core.errors import DDUNetError
+    from napari_ddunet.core.inference.distributed import DistContext
+    from napari_ddunet.core.inference.engine import segment_iter
 
     if args.resume and args.overwrite:
         raise DDUNetError("--resume and --overwrite exclude each other")

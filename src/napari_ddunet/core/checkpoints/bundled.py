@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ENV_VAR = "NAPARI_DDUNET_MODELS"
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+_PACKAGE_DIR = Path(__file__).resolve().parents[2]
 
 
 def model_dirs() -> list[Path]:

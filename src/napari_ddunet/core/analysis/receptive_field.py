@@ -28,9 +28,9 @@ from fractions import Fraction
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .model import DDUNet
-from .resnet import BasicBlock
+from napari_ddunet.core.network.config import ModelConfig
+from napari_ddunet.core.network.model import DDUNet
+from napari_ddunet.core.network.resnet import BasicBlock
 
 Interval = tuple[int, int]
 BackMap = Callable[[int, int], Interval]

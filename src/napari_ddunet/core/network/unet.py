@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import DoubleConv, Down, Up
+from napari_ddunet.core.network.blocks import DoubleConv, Down, Up
 
 
 class UNetEncoder(nn.Module):

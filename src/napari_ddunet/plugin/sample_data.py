@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._live import label_colormap
+from napari_ddunet.plugin.live import label_colormap
 
 
 def two_circles_image(shape: tuple[int, int] = (512, 768), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +37,7 @@ def make_two_circles():
 
 
 def _layers(key: str, name: str, image, mask, colors, image_kwargs=None, mask_kwargs=None) -> list:
-    from .core.samples import sample_metadata
+    from napari_ddunet.core.data.samples import sample_metadata
 
     meta = sample_metadata(key)
     return [
@@ -49,7 +49,7 @@ def _layers(key: str, name: str, image, mask, colors, image_kwargs=None, mask_kw
 
 def make_synthetic_strip():
     """npe2 sample: the paper's 1 x 8 strip of 32 px subdomains with one circle pair, and its mask."""
-    from .core import samples, synthetic
+    from napari_ddunet.core.data import samples, synthetic
 
     image, mask = samples.synthetic_strip_sample()
     return _layers("synthetic_strip", "two-circles strip", image, mask, synthetic.CLASS_COLORS)
@@ -57,7 +57,7 @@ def make_synthetic_strip():
 
 def make_synthetic_grid():
     """npe2 sample: an 8 x 8 grid of 32 px subdomains with 8 circle pairs, and its mask."""
-    from .core import samples, synthetic
+    from napari_ddunet.core.data import samples, synthetic
 
     image, mask = samples.synthetic_grid_sample()
     return _layers("synthetic_grid", "two-circles grid", image, mask, synthetic.CLASS_COLORS)
@@ -65,7 +65,7 @@ def make_synthetic_grid():
 
 def make_bluemarble():
     """npe2 sample: NASA Blue Marble (5400 x 2700 RGB) with its GSHHS ocean / land / lake mask."""
-    from .core import bluemarble, samples
+    from napari_ddunet.core.data import bluemarble, samples
 
     image, mask = samples.bluemarble_sample()
     return _layers("bluemarble", "Blue Marble", image, mask, bluemarble.CLASS_COLORS, {"rgb": True})
@@ -73,7 +73,7 @@ def make_bluemarble():
 
 def make_synthetic_huge():
     """npe2 sample: a 40960 x 40960 procedural two-circles canvas, rendered chunk by chunk on demand."""
-    from .core import samples, synthetic
+    from napari_ddunet.core.data import samples, synthetic
 
     image, mask = samples.huge_synthetic_sample()
     return _layers("synthetic_huge", "gigapixel two circles", image, mask, synthetic.CLASS_COLORS,

@@ -14,7 +14,7 @@ def _hex(rgba: tuple[float, ...]) -> str:
 
 def receptive_field_text(config: Any) -> str:
     """Receptive field along one axis (exact analytic support, core/receptive_field.py)."""
-    from .core.receptive_field import analytic_receptive_field
+    from napari_ddunet.core.analysis.receptive_field import analytic_receptive_field
 
     alone = analytic_receptive_field(config, with_comm=False).size_max
     if not config.comm_features:

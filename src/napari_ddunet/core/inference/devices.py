@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import DDUNetError
+from napari_ddunet.core.errors import DDUNetError
 
 #: dtypes whose convolutions run faster channels_last (oneDNN on CPU, cuDNN on CUDA); float64 has no fast path.
 CHANNELS_LAST_DTYPES = (torch.float16, torch.float32, torch.bfloat16)

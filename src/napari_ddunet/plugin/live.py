@@ -68,8 +68,8 @@ def expects_multiscale(image_yx: tuple[int, int], subdomain: tuple[int, int], do
                        output: str | None) -> bool:
     """Whether :func:`labels_layer_data` will return levels for this run (known before it starts)."""
     if output:
-        from .core.grid import GridPlan
-        from .core.sink import pyramid_levels
+        from napari_ddunet.core.inference.grid import GridPlan
+        from napari_ddunet.core.inference.sink import pyramid_levels
 
         return pyramid_levels(GridPlan(tuple(image_yx), tuple(subdomain), downsampling)) > 1
     return max(image_yx) > PYRAMID_SIDE

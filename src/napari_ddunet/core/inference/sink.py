@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DDUNetError
-from .grid import GridPlan
+from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.inference.grid import GridPlan
 
 #: Version of the store layout written into the ``napari_ddunet`` attributes.
 STORE_VERSION = 1

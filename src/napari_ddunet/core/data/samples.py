@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import synthetic
-from .errors import DDUNetError
+from napari_ddunet.core.data import synthetic
+from napari_ddunet.core.errors import DDUNetError
 
 #: Layer-metadata keys set on every sample layer.
 METADATA_SAMPLE = "ddunet_sample"
@@ -52,7 +52,7 @@ def sample_metadata(key: str) -> dict[str, str]:
 
 def recommended_model(metadata: Mapping | None) -> str | None:
     """The bundled checkpoint stem that fits a layer, or None (no sample, or that model is not installed)."""
-    from .models_registry import bundled_models
+    from napari_ddunet.core.checkpoints.bundled import bundled_models
 
     if not metadata:
         return None
@@ -80,14 +80,14 @@ def synthetic_grid_sample(rows: int = 8, cols: int = 8, pairs: int = 8, seed: in
 
 def bluemarble_sample() -> tuple[np.ndarray, np.ndarray]:
     """Blue Marble (2700, 5400, 3) uint8 RGB and its (2700, 5400) uint8 mask: 0 ocean, 1 land, 2 lake."""
-    from . import bluemarble
+    from napari_ddunet.core.data import bluemarble
 
     return bluemarble.load_task()
 
 
 def bluemarble_test_region(width: int = 5400) -> tuple[int, int]:
     """Columns [start, stop) of the held-out test band of Blue Marble (never seen in training)."""
-    from . import bluemarble
+    from napari_ddunet.core.data import bluemarble
 
     return bluemarble.split_regions(width)["test"][0]
 

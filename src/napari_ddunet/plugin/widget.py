@@ -1,5 +1,5 @@
 """The DDU-Net dock widget: a thin Qt shell that wires a checkpoint, an image layer, devices and an
-output together, runs :func:`napari_ddunet.core.engine.segment_iter` in a napari worker thread and
+output together, runs :func:`napari_ddunet.core.inference.engine.segment_iter` in a napari worker thread and
 turns its progress events into layers and a progress bar.
 
 No inference happens here: everything numeric is the engine's. The GUI thread only creates layers,
@@ -41,9 +41,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from . import _settings
-from ._grid_layer import GRID_LAYER_NAME, update_grid_layer
-from ._live import (
+from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.plugin import settings as _settings
+from napari_ddunet.plugin.grid_layer import GRID_LAYER_NAME, update_grid_layer
+from napari_ddunet.plugin.live import (
     coalesce_events,
     expects_multiscale,
     feature_layer_kwargs,
@@ -51,8 +52,7 @@ from ._live import (
     labels_layer_data,
     visible_region,
 )
-from ._model_card import model_card_html
-from .core.errors import DDUNetError
+from napari_ddunet.plugin.model_card import model_card_html
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _cancel_pending(pending: dict[str, threading.Event | None], *_: Any) -> None
 
 def _run_engine(image: Any, model: Any, **kwargs: Any):
     """The engine's generator, run at low priority, with its progress events thinned out for the GUI."""
-    from .core.engine import segment_iter
+    from napari_ddunet.core.inference.engine import segment_iter
 
     _lower_thread_priority()
     return (yield from coalesce_events(segment_iter(image, model, **kwargs)))
@@ -314,7 +314,7 @@ class DDUNetWidget(QWidget):
         layout.addStretch(1)
 
     def _fill_model_combo(self) -> None:
-        from .core.models_registry import bundled_models
+        from napari_ddunet.core.checkpoints.bundled import bundled_models
 
         self.model_combo.clear()
         self.model_combo.addItem(NO_MODEL, None)
@@ -334,7 +334,7 @@ class DDUNetWidget(QWidget):
 
     def load_checkpoint(self, path: str | Path, *, quiet: bool = False) -> bool:
         """Load a checkpoint and show its card; a bad file becomes a notification, never a traceback."""
-        from .core.checkpoint import load_checkpoint
+        from napari_ddunet.core.checkpoints.format import load_checkpoint
 
         try:
             model = load_checkpoint(path)
@@ -416,8 +416,8 @@ class DDUNetWidget(QWidget):
     def _preselect_model(self) -> None:
         """Load the bundled model a sample layer names (``layer.metadata``), on a real change of image only,
         so a model picked by hand stays while the same image stays selected."""
-        from .core.models_registry import bundled_models
-        from .core.samples import recommended_model
+        from napari_ddunet.core.checkpoints.bundled import bundled_models
+        from napari_ddunet.core.data.samples import recommended_model
 
         layer = self.image_layer()
         if layer is None or layer is self._preselected_for:

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .blocks import DoubleConv, Up
-from .errors import DDUNetError
+from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.network.blocks import DoubleConv, Up
 
 TRUNK_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")
 

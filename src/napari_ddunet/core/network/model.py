@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import CommunicationNetwork
-from .config import ModelConfig
-from .mosaic import Grid, from_subdomains, to_subdomains
-from .resnet import ResNet18Decoder, ResNet18Encoder
-from .unet import UNetDecoder, UNetEncoder
+from napari_ddunet.core.network.blocks import CommunicationNetwork
+from napari_ddunet.core.network.config import ModelConfig
+from napari_ddunet.core.network.mosaic import Grid, from_subdomains, to_subdomains
+from napari_ddunet.core.network.resnet import ResNet18Decoder, ResNet18Encoder
+from napari_ddunet.core.network.unet import UNetDecoder, UNetEncoder
 
 
 class DDUNet(nn.Module):

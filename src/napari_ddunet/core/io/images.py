@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DDUNetError
-from .grid import reflect_index
+from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.inference.grid import reflect_index
 
 
 class InputError(DDUNetError):

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from napari_ddunet.core.parallel import DataParallelDDUNet, forward_multi_device
+    from napari_ddunet.core.network.parallel import DataParallelDDUNet, forward_multi_device
 
     logits = forward_multi_device(model, x, grid=(4, 4), devices=["cuda:0", "cuda:1"])
     # or, as a module whose parameters are the model's (for an optimizer):
@@ -12,7 +12,7 @@ Usage::
 
 How it works (paper 001, sec. III-C, in one process):
 
-1. The image becomes the subdomain batch (row-major, :mod:`~napari_ddunet.core.mosaic`), which
+1. The image becomes the subdomain batch (row-major, :mod:`~napari_ddunet.core.network.mosaic`), which
    is split into contiguous chunks, one per device (devices may repeat; surplus devices idle).
 2. Each chunk is encoded on its device, in its own thread. The parameters reach the device
    with a differentiable ``.to(device)`` and are used through ``torch.func.functional_call``
@@ -47,11 +47,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .batchnorm import global_batch_norm, update_running_stats
-from .config import ModelConfig
-from .errors import DDUNetError
-from .model import DDUNet
-from .mosaic import Grid, from_subdomains, to_subdomains
+from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.network.batchnorm import global_batch_norm, update_running_stats
+from napari_ddunet.core.network.config import ModelConfig
+from napari_ddunet.core.network.model import DDUNet
+from napari_ddunet.core.network.mosaic import Grid, from_subdomains, to_subdomains
 
 Device = str | torch.device
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from .config import ModelConfig
-from .errors import DDUNetError
-from .model import DDUNet
-from .receptive_field import eq1_radius, exact_tiling_halo, round_up
+from napari_ddunet.core.analysis.receptive_field import eq1_radius, exact_tiling_halo, round_up
+from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.network.config import ModelConfig
+from napari_ddunet.core.network.model import DDUNet
 
 
 class TilingError(DDUNetError):

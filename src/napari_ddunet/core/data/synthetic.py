@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import DDUNetError
+from napari_ddunet.core.errors import DDUNetError
 
 BACKGROUND, LINE, CIRCLE = 0, 1, 2
 CLASS_NAMES = ("background", "line", "circle")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DDUNetError
+from napari_ddunet.core.errors import DDUNetError
 
 #: The padding mode applied to images that are not a whole number of subdomains (numpy name).
 PAD_MODE = "reflect"

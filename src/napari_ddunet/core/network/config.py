@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .errors import DDUNetError
+from napari_ddunet.core.errors import DDUNetError
 
 ENCODERS = ("unet", "resnet18")
 

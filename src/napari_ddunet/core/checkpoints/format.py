@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, ModelConfig
-from .errors import DDUNetError
-from .model import DDUNet
+from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.network.config import ConfigError, ModelConfig
+from napari_ddunet.core.network.model import DDUNet
 
 FORMAT_NAME = "napari-ddunet-checkpoint"
 FORMAT_VERSION = 1
@@ -76,7 +76,7 @@ class CheckpointInfo:
 
 
 def _library_version() -> str:
-    from .. import __version__
+    from napari_ddunet import __version__
 
     return __version__
 

@@ -14,7 +14,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from .core.sink import ome_labels_metadata
+from napari_ddunet.core.inference.sink import ome_labels_metadata
 
 CHUNK = 512
 MIN_LEVEL_SIDE = 256

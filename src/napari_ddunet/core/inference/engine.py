@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .devices import DeviceWorkers, resolve_devices, to_device
-from .errors import DDUNetError
-from .grid import PAD_MODE, GridPlan, plan_grid
-from .io import ImageSource, InputError, check_finite, open_image
-from .model import DDUNet
-from .sink import STORE_VERSION, Sink, check_output_location
+from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.inference.devices import DeviceWorkers, resolve_devices, to_device
+from napari_ddunet.core.inference.grid import PAD_MODE, GridPlan, plan_grid
+from napari_ddunet.core.inference.sink import STORE_VERSION, Sink, check_output_location
+from napari_ddunet.core.io.images import ImageSource, InputError, check_finite, open_image
+from napari_ddunet.core.network.model import DDUNet
 
 SCHEDULES = ("monolithic", "wavefront", "recompute", "streaming")
 #: Writer threads: every chunk has one subdomain, so writes of different subdomains never collide.
@@ -97,7 +97,7 @@ def _resolve_model(model: Any) -> DDUNet:
     if isinstance(model, DDUNet):
         return model
     if isinstance(model, str | Path):
-        from .checkpoint import load_checkpoint
+        from napari_ddunet.core.checkpoints.format import load_checkpoint
 
         return load_checkpoint(model, "cpu")
     raise EngineError(f"model must be a DDUNet or a checkpoint path, got {type(model).__name__}")
@@ -262,7 +262,8 @@ def segment_iter(
 
     See docs/engine.md and ENGINE_API.md. Beyond the contract: ``logits=True`` also keeps the raw logits
     (compute dtype), ``schedule`` forces one of :data:`SCHEDULES` instead of choosing by ``memory_budget``,
-    and ``distributed`` is a :class:`napari_ddunet.core.distributed.DistContext` (set by the CLI under torchrun).
+    and ``distributed`` is a :class:`~napari_ddunet.core.inference.distributed.DistContext`
+    (set by the CLI under torchrun).
     """
     net = _resolve_model(model)
     config = net.config

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DDUNetError
+from napari_ddunet.core.errors import DDUNetError
 
 CLASS_NAMES = ("ocean", "land", "lake")
 #: RGBA colours: ocean transparent, land green-brown, lakes cyan.

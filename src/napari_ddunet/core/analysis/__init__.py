@@ -1,0 +1,1 @@
+"""Receptive fields and exact tiling: how far context reaches, measured and analytic."""

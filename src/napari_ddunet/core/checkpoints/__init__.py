@@ -1,0 +1,1 @@
+"""The checkpoint file format and the bundled demo models."""

@@ -1,0 +1,1 @@
+"""Data generators and sample images: the paper's synthetic task, Blue Marble, sample metadata."""

@@ -1,0 +1,1 @@
+"""The out-of-core engine: grid plan, schedule, device workers, sink, distributed ranks."""

@@ -1,0 +1,1 @@
+"""Reading images: layout, channel axis, levels, pixel size; OME-Zarr metadata."""

@@ -1,0 +1,1 @@
+"""The DDU-Net itself: configuration, building blocks, encoders and decoders, the subdomain mosaic."""

@@ -1,0 +1,1 @@
+"""The napari shell: dock widget, reader, writer, sample data and settings. Thin over ``core``."""
