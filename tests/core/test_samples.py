@@ -61,6 +61,24 @@ def test_plane_level0_is_the_synthetic_renderer():
     assert (mask == synthetic.LINE).any()
 
 
+class _CrossingPlane(samples.HugePlane):
+    """A plane whose second pair's line runs through the first pair's circle (the default layout never overlaps)."""
+
+    def pairs(self, cell_rows: range, cell_cols: range) -> np.ndarray:
+        return np.array([[[16, 16], [16, 48]], [[4, 20], [28, 20]]], np.int64) + 10_000
+
+
+def test_plane_level0_keeps_every_fix_of_the_synthetic_renderer():
+    """Level 0 is drawn by synthetic.render itself: where pairs overlap, the circle stays a circle in the mask."""
+    plane = _CrossingPlane()
+    image, mask = plane.render(10_000, 10_000, 32, 64)
+    ref_image, ref_mask = synthetic.render((32, 64), [tuple(map(tuple, p)) for p in plane.pairs(range(1), range(1))],
+                                           origin=(10_000, 10_000))
+    np.testing.assert_array_equal(image, ref_image)
+    np.testing.assert_array_equal(mask, ref_mask)
+    _consistent(image, mask)
+
+
 def test_plane_pairs_are_two_subdomain_tasks():
     plane = samples.HugePlane(seed=2, cell=(2, 3))
     pairs = plane.pairs(range(40, 50), range(1000, 1010))

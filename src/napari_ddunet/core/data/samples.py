@@ -162,7 +162,7 @@ class HugePlane:
     def render(self, top: int, left: int, height: int, width: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Pixels (top + i) * stride, (left + j) * stride of level 0: (image float32, mask uint8).
 
-        Stride 1 draws exactly what :func:`synthetic.render` draws for the same pairs. Coarser
+        Stride 1 is :func:`synthetic.render` of the window's pairs (the one renderer of the task). Coarser
         levels (stride >= 2) are an overview drawn at their own scale, cheap for millions of
         pairs: discs of radius ``radius / stride`` (at least the centre pixel) and a line one
         pixel wide; they are for looking at, the engine reads level 0.
@@ -172,26 +172,7 @@ class HugePlane:
         pairs = self.pairs(*self._cells(ys, xs))
         if stride > 1:
             return self._overview(pairs, top, left, height, width, stride)
-        r = self.radius
-        image = np.zeros((height, width), np.float32)
-        mask = np.zeros((height, width), np.uint8)
-        half2 = (self.line_width / 2.0) ** 2
-        for (y0, x0), (y1, x1) in pairs.tolist():
-            ya, yb = np.searchsorted(ys, [min(y0, y1) - r, max(y0, y1) + r])
-            xa, xb = np.searchsorted(xs, [min(x0, x1) - r, max(x0, x1) + r])
-            if ya >= yb or xa >= xb:
-                continue
-            yy = ys[ya:yb, None] + 0.5
-            xx = xs[None, xa:xb] + 0.5
-            dy, dx = y1 - y0, x1 - x0
-            t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / float(dy * dy + dx * dx), 0.0, 1.0)
-            box = mask[ya:yb, xa:xb]
-            box[(yy - (y0 + t * dy)) ** 2 + (xx - (x0 + t * dx)) ** 2 <= half2] = synthetic.LINE
-            for cy, cx in ((y0, x0), (y1, x1)):
-                disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-                box[disc] = synthetic.CIRCLE
-                image[ya:yb, xa:xb][disc] = 1.0
-        return image, mask
+        return synthetic.render((height, width), pairs.tolist(), self.radius, self.line_width, origin=(top, left))
 
     def _overview(self, pairs: np.ndarray, top: int, left: int, height: int, width: int, stride: int):
         image = np.zeros((height, width), np.float32)

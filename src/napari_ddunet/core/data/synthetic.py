@@ -119,20 +119,22 @@ def render(
     Returns (image float32 in {0, 1}, mask uint8). Centres are pixel corners; a pixel is on the
     line when its centre (i + 0.5, j + 0.5) lies within ``line_width / 2`` of the segment between
     the two circle centres, which makes an axis-parallel line exactly ``line_width`` pixels wide.
+    Distances are computed in plane coordinates, not window coordinates, so a pixel gets the same
+    class bit for bit whichever window renders it.
     """
     height, width = shape
+    oy, ox = (int(o) for o in origin)
     image = np.zeros(shape, np.float32)
     mask = np.zeros(shape, np.uint8)
     half = line_width / 2.0
     for (y0, x0), (y1, x1) in pairs:
-        y0, x0, y1, x1 = y0 - origin[0], x0 - origin[1], y1 - origin[0], x1 - origin[1]
-        top = max(min(y0, y1) - radius, 0)
-        bottom = min(max(y0, y1) + radius, height)
-        left = max(min(x0, x1) - radius, 0)
-        right = min(max(x0, x1) + radius, width)
+        top = max(min(y0, y1) - radius - oy, 0)
+        bottom = min(max(y0, y1) + radius - oy, height)
+        left = max(min(x0, x1) - radius - ox, 0)
+        right = min(max(x0, x1) + radius - ox, width)
         if top >= bottom or left >= right:
             continue
-        yy, xx = np.mgrid[top:bottom, left:right] + 0.5
+        yy, xx = np.mgrid[top + oy:bottom + oy, left + ox:right + ox] + 0.5
         dy, dx = y1 - y0, x1 - x0
         length2 = float(dy * dy + dx * dx)
         t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / length2, 0.0, 1.0) if length2 else np.zeros(yy.shape)
