@@ -1,4 +1,5 @@
-"""Lazy image sources: TIFF, OME-Zarr, zarr, dask, channel layouts, dtypes, NaN/inf reports."""
+"""Lazy image sources: TIFF, OME-Zarr, zarr, dask, channel layouts, dtypes, NaN/inf reports; the layout
+rule, the opener and the OME label pyramid."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import pytest
 import tifffile
 import zarr
 
-from napari_ddunet.core.io.images import InputError, check_finite, open_image
+from napari_ddunet.core.io.images import InputError, check_finite, open_image, open_levels
+from napari_ddunet.core.io.layout import infer_channel_axis, yx_axes
+from napari_ddunet.core.io.ome import (
+    downsample_mode,
+    downsample_mode_lazy,
+    label_colors,
+    labels_metadata,
+    pyramid_levels,
+)
 
 
 @pytest.fixture
@@ -104,3 +113,70 @@ def test_nan_and_inf_are_counted_and_located():
     lazy = da.from_array(image[0], chunks=(700, 40))
     with pytest.raises(InputError, match=r"1 NaN/inf value; first at \(y=2900, x=1"):
         check_finite(open_image(lazy, in_channels=1))
+
+
+def test_rgb_layer_with_a_unit_leading_axis_opens_with_the_inferred_channel_axis(rgb):
+    """Defect: napari's RGB layer of shape (1, H, W, 3) got channel axis 3, which the engine rejected."""
+    layer = rgb[None]
+    axis = infer_channel_axis(layer.shape, rgb=True, in_channels=3)
+    assert axis == 3 and yx_axes(layer.ndim, axis) == (1, 2)
+    source = open_image(layer, in_channels=3, channel_axis=axis)
+    assert source.shape == (50, 70) and source.channels == 3
+    np.testing.assert_array_equal(source.read(0, 50, 0, 70), np.moveaxis(rgb, -1, 0))
+    planar = np.moveaxis(rgb, -1, 0)[None, None]                     # (1, 1, C, H, W)
+    assert infer_channel_axis(planar.shape, in_channels=3) == 2
+    np.testing.assert_array_equal(open_image(planar, in_channels=3, channel_axis=2).read(0, 50, 0, 70),
+                                  np.moveaxis(rgb, -1, 0))
+
+
+@pytest.mark.parametrize(("shape", "kwargs", "expected"), [
+    ((50, 70), {}, None),
+    ((50, 70, 3), {}, 2),
+    ((3, 50, 70), {}, 0),
+    ((4, 50, 3), {"in_channels": 4}, 0),           # the model's channel count decides between two short axes
+    ((4, 50, 3), {}, 2),                           # else the last axis first
+    ((50, 70, 4), {"in_channels": 3}, 2),          # RGBA feeds an RGB model
+    ((1, 50, 70), {}, 0),
+    ((1, 1, 50, 70), {}, 1),                       # leading unit axes dropped while more than 3 remain
+    ((10, 12, 14), {}, None),                      # no short axis: the engine asks for one
+    ((1, 50, 70, 3), {"rgb": True}, 3),
+    ((1, 2, 1, 50, 70), {"axes_names": list("tczyx")}, 1),
+])
+def test_one_channel_axis_rule(shape, kwargs, expected):
+    assert infer_channel_axis(shape, **kwargs) == expected
+
+
+def test_opener_gives_every_level_axes_and_pixel_size(tmp_path, rgb):
+    root = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w")
+    data = np.moveaxis(rgb, -1, 0)
+    root.create_array("0", data=data)
+    root.create_array("1", data=data[:, ::2, ::2])
+    datasets = [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [1.0, 0.5 * 2**i,
+                                                                                           0.25 * 2**i]}]}
+                for i in range(2)]
+    root.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": ["c", "y", "x"], "datasets": datasets}]}
+    opened = open_levels(tmp_path / "img.ome.zarr")
+    assert [level.shape for level in opened.levels] == [(3, 50, 70), (3, 25, 35)]
+    assert opened.axes == ["c", "y", "x"] and opened.scale == (1.0, 0.5, 0.25)
+    with tifffile.TiffWriter(tmp_path / "pyramid.tif") as tiff:
+        tiff.write(rgb, subifds=1, tile=(32, 32))
+        tiff.write(rgb[::2, ::2], subfiletype=1, tile=(32, 32))
+    opened = open_levels(tmp_path / "pyramid.tif")
+    assert [level.shape for level in opened.levels] == [(50, 70, 3), (25, 35, 3)] and opened.axes == ["y", "x", "c"]
+    assert len(open_levels(rgb).levels) == 1
+
+
+def test_one_label_pyramid_and_its_metadata_round_trip():
+    import dask.array as da
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, (45, 62)).astype(np.uint8)
+    lazy = downsample_mode_lazy(da.from_array(labels, chunks=(16, 20)))
+    padded = np.pad(labels, ((0, 1), (0, 0)), mode="edge")
+    np.testing.assert_array_equal(lazy.compute(), downsample_mode(padded))
+    assert pyramid_levels((600, 520)) == 4 and pyramid_levels((600, 520), whole=(96, 96)) == 4
+    assert pyramid_levels((600, 520), whole=(100, 100)) == 3 and pyramid_levels((63, 40)) == 1
+    colors = {0: [0, 0, 0, 0], 2: [0, 0, 1, 1]}
+    meta = labels_metadata("seg", 3, colors, source="../")
+    assert [d["path"] for d in meta["multiscales"][0]["datasets"]] == ["0", "1", "2"]
+    assert {k: list(v) for k, v in label_colors({"ome": meta}).items()} == colors

@@ -17,6 +17,7 @@ import numpy as np
 
 from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.inference.grid import reflect_index
+from napari_ddunet.core.io import layout, ome
 
 
 class InputError(DDUNetError):
@@ -35,82 +36,101 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _ome_level0(group: Any, where: str) -> tuple[Any, list[str] | None]:
-    """Level 0 of an OME-Zarr image group (0.4 or 0.5 metadata) and its axis names."""
-    attrs = dict(group.attrs)
-    meta = attrs.get("ome", attrs)
-    multiscales = meta.get("multiscales")
-    if multiscales:
-        first = multiscales[0]
-        axes = first.get("axes")
-        names = [a["name"] if isinstance(a, dict) else str(a) for a in axes] if axes else None
-        path = first["datasets"][0]["path"]
-        try:
-            return group[path], names
-        except KeyError:
-            raise InputError(f"{where}: OME-Zarr level 0 ({path!r}) is missing") from None
+@dataclass(frozen=True)
+class OpenedImage:
+    """An image opened lazily: every resolution level (full resolution first), as the file has them."""
+
+    levels: list[Any]
+    axes: list[str] | None          # lower-case axis names when the format records them (c, y, x, t, z)
+    scale: tuple[float, ...] | None  # level 0's pixel size per axis (OME-Zarr coordinateTransformations)
+    description: str
+
+    @property
+    def array(self) -> Any:
+        return self.levels[0]
+
+
+def _open_group(group: Any, where: str) -> OpenedImage:
+    """An OME-Zarr image group (0.4 or 0.5 metadata), or a plain group's array "0" or only array."""
+    entry = ome.multiscales(dict(group.attrs))
+    if entry:
+        levels = []
+        for dataset in entry["datasets"]:
+            try:
+                levels.append(group[dataset["path"]])
+            except KeyError:
+                raise InputError(f"{where}: OME-Zarr level {len(levels)} ({dataset['path']!r}) is missing") from None
+        return OpenedImage(levels, ome.axis_names(entry), ome.level_scale(entry["datasets"][0], entry), where)
     arrays = sorted(name for name, _ in group.arrays())
     if "0" in arrays:
-        return group["0"], None
+        return OpenedImage([group["0"]], None, None, where)
     if len(arrays) == 1:
-        return group[arrays[0]], None
+        return OpenedImage([group[arrays[0]]], None, None, where)
     raise InputError(f"{where}: a zarr group without OME-Zarr multiscales metadata and no single array to read")
 
 
-def _open_path(path: Path) -> tuple[Any, list[str] | None]:
-    """Open a file or store lazily; returns the array and axis names when the format records them."""
-    if not path.exists():
-        raise InputError(f"input not found: {path}")
-    name = path.name.lower()
-    if name.endswith(TIFF_SUFFIXES):
-        import tifffile
-        import zarr
+def _open_tiff(path: Path) -> OpenedImage:
+    """All levels of a (pyramidal) TIFF through tifffile's zarr store, with the series' axis names."""
+    import tifffile
+    import zarr
 
-        try:
-            with tifffile.TiffFile(path) as tif:
-                axes = list(tif.series[0].axes.upper())
-            node = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
-        except Exception as error:
-            raise InputError(f"cannot read TIFF {path}: {_first_line(error)}") from None
-        names = ["c" if a in "CS" else a.lower() for a in axes]
-        return node, names
-    if path.is_dir() or name.endswith(".zarr"):
-        import zarr
-
-        try:
-            node = zarr.open(str(path), mode="r")
-        except Exception as error:
-            raise InputError(f"cannot open zarr store {path}: {_first_line(error)}") from None
-        if isinstance(node, zarr.Group):
-            return _ome_level0(node, str(path))
-        return node, None
-    if name.endswith(".npy"):
-        try:
-            return np.load(path, mmap_mode="r"), None
-        except Exception as error:
-            raise InputError(f"cannot read {path}: {error}") from None
-    raise InputError(f"unsupported input format: {path} (use .tif/.tiff, .zarr/.ome.zarr or .npy)")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            axes = ["c" if a in "CS" else a.lower() for a in tif.series[0].axes.upper()]
+        node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        levels = [node] if isinstance(node, zarr.Array) else [node[k] for k in sorted(node.array_keys(), key=int)]
+    except Exception as error:
+        raise InputError(f"cannot read TIFF {path}: {_first_line(error)}") from None
+    return OpenedImage(levels, axes, None, str(path))
 
 
-def _squeeze_axes(array: Any, names: list[str] | None) -> tuple[Any, list[str] | None]:
-    """Drop singleton axes other than c, y, x (t, z of OME-Zarr; leading ones when unnamed), lazily."""
-    shape = tuple(int(n) for n in array.shape)
-    if names is not None and len(names) == len(shape):
-        drop = [i for i, (n, s) in enumerate(zip(names, shape, strict=True)) if s == 1 and n not in ("c", "y", "x")]
-    else:
-        names = None
-        drop = []
-        while len(shape) - len(drop) > 3 and shape[len(drop)] == 1:
-            drop.append(len(drop))
+def open_levels(image: Any) -> OpenedImage:
+    """Open ``image`` lazily: a path (.tif/.tiff, .zarr/.ome.zarr, .npy), a zarr group or array, numpy or dask.
+
+    The one opener of the package: the engine, the napari reader, the trainer and the readers of the
+    engine's own store all call it.
+    """
+    import zarr
+
+    if isinstance(image, str | Path):
+        path = Path(image)
+        if not path.exists():
+            raise InputError(f"input not found: {path}")
+        name = path.name.lower()
+        if name.endswith(TIFF_SUFFIXES):
+            return _open_tiff(path)
+        if path.is_dir() or name.endswith(".zarr"):
+            try:
+                node = zarr.open(str(path), mode="r")
+            except Exception as error:
+                raise InputError(f"cannot open zarr store {path}: {_first_line(error)}") from None
+            if isinstance(node, zarr.Group):
+                return _open_group(node, str(path))
+            return OpenedImage([node], None, None, str(path))
+        if name.endswith(".npy"):
+            try:
+                return OpenedImage([np.load(path, mmap_mode="r")], None, None, str(path))
+            except Exception as error:
+                raise InputError(f"cannot read {path}: {error}") from None
+        raise InputError(f"unsupported input format: {path} (use .tif/.tiff, .zarr/.ome.zarr or .npy)")
+    description = f"{type(image).__name__} of shape {tuple(getattr(image, 'shape', ()))}"
+    if isinstance(image, zarr.Group):
+        return _open_group(image, "zarr group")
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        raise InputError(f"cannot segment a {type(image).__name__}; give an array or a path")
+    return OpenedImage([image], None, None, description)
+
+
+def _squeeze(array: Any, drop: tuple[int, ...]) -> Any:
+    """``array`` without the unit axes ``drop``, still lazy (through dask)."""
     if not drop:
-        return array, names
+        return array
     import dask.array as da
 
     if not _is_dask(array):
         chunks = getattr(array, "chunks", None)
         array = da.from_array(array, chunks=chunks if isinstance(chunks, tuple) else "auto")
-    array = array[tuple(0 if i in drop else slice(None) for i in range(len(shape)))]
-    return array, None if names is None else [n for i, n in enumerate(names) if i not in drop]
+    return array[tuple(0 if i in drop else slice(None) for i in range(array.ndim))]
 
 
 @dataclass
@@ -174,57 +194,32 @@ class ImageSource:
                 yield ya, xa, self._take(slice(ya, min(bottom, y0 + steps[0])), slice(xa, min(right, x0 + steps[1])))
 
 
-def _channel_axis(shape: tuple[int, ...], names: list[str] | None, channel_axis: int | None,
-                  in_channels: int | None) -> int | None:
-    if len(shape) == 2:
-        if channel_axis is not None:
-            raise InputError(f"channel_axis={channel_axis} given for a 2D (YX) image of shape {shape}")
-        return None
-    if channel_axis is not None:
-        if channel_axis not in (0, 2, -1, -3):
-            raise InputError(f"channel_axis must be 0 (CYX) or -1 (YXC) for a 3D image, got {channel_axis}")
-        return channel_axis % 3
-    if names is not None and "c" in names:
-        return names.index("c")
-    candidates = [i for i in (2, 0) if shape[i] <= 4]
-    if in_channels is not None:
-        exact = [i for i in candidates if shape[i] == in_channels]
-        if exact:
-            return exact[0]
-        if in_channels == 3:
-            rgba = [i for i in candidates if shape[i] == 4]
-            if rgba:
-                return rgba[0]
-    if candidates:
-        return candidates[0]
-    raise InputError(
-        f"cannot tell the channel axis of a {shape} image (no axis of at most 4 channels); "
-        "pass channel_axis=0 (CYX) or -1 (YXC)"
-    )
+def _channel_axis_of(shape: tuple[int, ...], axes: list[str] | None, channel_axis: int | None,
+                    in_channels: int | None) -> int | None:
+    """The channel axis as an index into ``shape`` (unsqueezed): the caller's, else :mod:`.layout`'s rule."""
+    if channel_axis is None:
+        return layout.infer_channel_axis(shape, axes_names=axes, in_channels=in_channels)
+    if not -len(shape) <= channel_axis < len(shape):
+        raise InputError(f"channel_axis={channel_axis} is not an axis of an image of shape {shape}")
+    return channel_axis % len(shape)
 
 
 def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int | None = None) -> ImageSource:
     """Wrap ``image`` (array or path) as an :class:`ImageSource` that feeds ``in_channels`` channels.
 
     2D images are YX (one channel); 3D images are YXC or CYX, guessed from file metadata (TIFF, OME-Zarr)
-    or from the axis of at most 4 entries, or fixed by ``channel_axis``. An RGBA image feeds an RGB
-    model without its alpha channel; any other channel mismatch is an :class:`InputError`.
+    or by :func:`.layout.infer_channel_axis`, or fixed by ``channel_axis`` (an axis of ``image`` as
+    given, unit axes included). Unit axes are dropped by :func:`.layout.dropped_axes`. An RGBA image
+    feeds an RGB model without its alpha channel; any other channel mismatch is an :class:`InputError`.
     """
-    names: list[str] | None = None
-    if isinstance(image, str | Path):
-        description = str(image)
-        array, names = _open_path(Path(image))
-    else:
-        description = f"{type(image).__name__} of shape {tuple(getattr(image, 'shape', ()))}"
-        array = image
-        import zarr
-
-        if isinstance(array, zarr.Group):
-            array, names = _ome_level0(array, "zarr group")
-        elif not hasattr(array, "shape") or not hasattr(array, "dtype"):
-            raise InputError(f"cannot segment a {type(image).__name__}; give an array or a path")
-    array, names = _squeeze_axes(array, names)
-    shape = tuple(int(s) for s in array.shape)
+    opened = open_levels(image)
+    array = opened.array
+    full = tuple(int(s) for s in array.shape)
+    axes = opened.axes if opened.axes is not None and len(opened.axes) == len(full) else None
+    axis = _channel_axis_of(full, axes, channel_axis, in_channels) if full else None
+    kept = layout.kept_axes(full, axes_names=axes, keep=axis) if full else ()
+    array = _squeeze(array, tuple(i for i in range(len(full)) if i not in kept))
+    shape = tuple(full[i] for i in kept)
     if len(shape) not in (2, 3):
         raise InputError(
             f"unsupported dimensionality: image of shape {shape} ({len(shape)}D); expected a 2D image "
@@ -233,19 +228,31 @@ def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int 
     dtype = np.dtype(array.dtype)
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == np.bool_):
         raise InputError(f"unsupported pixel type {dtype}; use integer or floating-point pixels")
-    axis = _channel_axis(shape, names, channel_axis, in_channels)
+    if len(shape) == 2:
+        if channel_axis is not None:
+            raise InputError(f"channel_axis={channel_axis} given for a 2D (YX) image of shape {shape}")
+        axis = None
+    else:
+        if axis is None:
+            raise InputError(
+                f"cannot tell the channel axis of a {shape} image (no axis of at most {layout.MAX_CHANNELS} "
+                "channels); pass channel_axis=0 (CYX) or -1 (YXC)"
+            )
+        axis = kept.index(axis)
+        if axis == 1:
+            raise InputError(f"channel_axis must be the first (CYX) or last (YXC) image axis, got {channel_axis}")
     have = 1 if axis is None else shape[axis]
     use = have
     if in_channels is not None and have != in_channels:
         if have == 4 and in_channels == 3:
             use = 3
         else:
-            layout = "YX" if axis is None else ("CYX" if axis == 0 else "YXC")
+            name = "YX" if axis is None else ("CYX" if axis == 0 else "YXC")
             raise InputError(
-                f"image has {have} channel{'s' if have != 1 else ''} ({layout}, shape {shape}) but the "
+                f"image has {have} channel{'s' if have != 1 else ''} ({name}, shape {shape}) but the "
                 f"checkpoint expects {in_channels}"
             )
-    source = ImageSource(array, axis, use, description)
+    source = ImageSource(array, axis, use, opened.description)
     height, width = source.shape
     if height == 0 or width == 0:
         raise InputError(f"image is empty (shape {shape})")
