@@ -16,7 +16,8 @@ from napari_ddunet.core.checkpoints.format import CheckpointInfo, Normalization
 from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.inference.engine import ProgressEvent, segment, segment_iter
 from napari_ddunet.core.inference.grid import pad_to_grid, plan_grid
-from napari_ddunet.core.inference.sink import downsample_mode, open_output
+from napari_ddunet.core.inference.sink import open_output
+from napari_ddunet.core.io.ome import downsample_mode
 
 
 def run(img, model, **kwargs):

@@ -85,3 +85,21 @@ def test_napari_opens_files_through_the_plugin(make_napari_viewer, tmp_path, ima
     viewer = make_napari_viewer()
     [layer] = viewer.open(str(tmp_path / "e.tif"), plugin="napari-ddunet")
     assert layer.name == "e" and layer.data.shape == image.shape
+
+
+def test_writer_pyramid_equals_the_engines(tmp_path, make_model):
+    from napari_ddunet import segment
+
+    image = np.random.default_rng(2).random((256, 320))
+    segment(image, make_model(), subdomain_size=(64, 64), output=tmp_path / "engine.zarr")
+    engine = zarr.open_group(str(tmp_path / "engine.zarr"), mode="r")["labels"]
+    [written] = write_labels(str(tmp_path / "napari.ome.zarr"), engine["0"][...], {"name": "labels"})
+    napari_labels = zarr.open_group(written, mode="r")["labels"]
+    levels = sorted(engine.array_keys(), key=int)
+    assert levels == sorted(napari_labels.array_keys(), key=int) == ["0", "1", "2"]
+    assert len(np.unique(engine["2"][...])) > 1
+    for level in levels:
+        np.testing.assert_array_equal(napari_labels[level][...], engine[level][...])
+    ours, theirs = dict(napari_labels.attrs)["ome"], dict(engine.attrs)["ome"]
+    assert ours["multiscales"][0]["datasets"] == theirs["multiscales"][0]["datasets"]
+    assert ours["multiscales"][0]["metadata"] == theirs["multiscales"][0]["metadata"]

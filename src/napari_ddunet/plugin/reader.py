@@ -4,6 +4,8 @@ Every level becomes a dask array over the file's own chunks or tiles, so napari 
 shows. Files with several resolution levels (OME-Zarr multiscales, pyramidal TIFF) open as a
 multiscale layer. A store written by our engine (a ``labels`` pyramid and feature maps) opens as
 the Labels layer with the checkpoint's colours, plus the feature maps as hidden image layers.
+Opening files and reading OME metadata are :mod:`napari_ddunet.core.io`'s job; this module only
+turns what it opens into napari layer tuples.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
+
+from napari_ddunet.core.io import ome
+from napari_ddunet.core.io.images import open_levels
 
 SUFFIXES = (".zarr", ".ome.zarr", ".tif", ".tiff")
 
@@ -39,31 +44,14 @@ def _layer_name(path: Path) -> str:
     return name
 
 
-def _multiscales(group: zarr.Group) -> list[dict[str, Any]] | None:
-    attrs = dict(group.attrs)
-    return (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
+def _lazy(levels: list[Any]) -> tuple[Any, bool]:
+    """napari layer data: dask arrays over the file's own chunks, several levels as a multiscale list."""
+    arrays = [da.from_zarr(level) if isinstance(level, zarr.Array) else da.asarray(level) for level in levels]
+    return (arrays, True) if len(arrays) > 1 else (arrays[0], False)
 
 
-def _pyramid(group: zarr.Group) -> list[da.Array] | None:
-    """Levels of an OME-Zarr multiscale group (0.4 or 0.5 metadata), full resolution first."""
-    multiscales = _multiscales(group)
-    if not multiscales:
-        return None
-    return [da.from_zarr(group[d["path"]]) for d in multiscales[0]["datasets"]]
-
-
-def _one_or_many(levels: list[da.Array]) -> tuple[Any, bool]:
-    return (levels, True) if len(levels) > 1 else (levels[0], False)
-
-
-def _label_colors(group: zarr.Group) -> dict[int, Any] | None:
-    attrs = dict(group.attrs)
-    image_label = (attrs.get("ome") or {}).get("image-label") or attrs.get("image-label") or {}
-    colors = {
-        int(c["label-value"]): np.asarray(c["rgba"], dtype=float) / 255.0
-        for c in image_label.get("colors", [])
-        if "label-value" in c and "rgba" in c
-    }
+def _colormap(group: zarr.Group) -> dict[int | None, Any] | None:
+    colors = ome.label_colors(dict(group.attrs))
     if not colors:
         return None
     colors.setdefault(0, np.zeros(4))
@@ -76,20 +64,16 @@ def _read_zarr(path: Path) -> list[tuple[Any, dict[str, Any], str]]:
     if isinstance(root, zarr.Array):
         return [(da.from_zarr(root), {"name": name}, "image")]
     layers: list[tuple[Any, dict[str, Any], str]] = []
-    levels = _pyramid(root)
-    if levels is not None:
-        data, multiscale = _one_or_many(levels)
+    if ome.multiscales(dict(root.attrs)):
+        data, multiscale = _lazy(open_levels(root).levels)
         layers.append((data, {"name": name, "multiscale": multiscale}, "image"))
     members = dict(root.members())
     labels = members.get("labels")
     if isinstance(labels, zarr.Group):
-        label_groups = [labels] if _multiscales(labels) else [
-            g for g in (labels.get(str(n)) for n in (dict(labels.attrs).get("labels") or [])) if g is not None
-        ]
-        for group in label_groups:
-            data, multiscale = _one_or_many(_pyramid(group))
+        for group in ome.label_images(labels):
+            data, multiscale = _lazy(open_levels(group).levels)
             meta: dict[str, Any] = {"name": f"{name} labels", "multiscale": multiscale}
-            colors = _label_colors(group)
+            colors = _colormap(group)
             if colors is not None:
                 meta["colormap"] = colors
             layers.append((data, meta, "labels"))
@@ -104,15 +88,7 @@ def _read_zarr(path: Path) -> list[tuple[Any, dict[str, Any], str]]:
 
 
 def _read_tiff(path: Path) -> list[tuple[Any, dict[str, Any], str]]:
-    import tifffile
-
-    store = tifffile.imread(str(path), aszarr=True)
-    root = zarr.open(store, mode="r")
-    if isinstance(root, zarr.Array):
-        levels = [da.from_zarr(root)]
-    else:
-        levels = [da.from_zarr(root[k]) for k in sorted(root.array_keys(), key=int)]
-    data, multiscale = _one_or_many(levels)
+    data, multiscale = _lazy(open_levels(path).levels)
     return [(data, {"name": _layer_name(path), "multiscale": multiscale}, "image")]
 
 

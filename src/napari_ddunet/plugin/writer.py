@@ -1,8 +1,8 @@
 """napari writer: a Labels layer to an OME-Zarr (0.5) labels pyramid, chunk by chunk.
 
-Layout matches the engine's output store: ``<path>/labels/0, 1, ...`` with multiscales and
-``image-label`` colour metadata on ``<path>/labels``, so our reader (and other OME-Zarr tools)
-open it again as labels with the same colours.
+Layout, pyramid and metadata are the engine's (:mod:`napari_ddunet.core.io.ome`):
+``<path>/labels/0, 1, ...`` with multiscales and ``image-label`` colour metadata on ``<path>/labels``,
+so our reader (and other OME-Zarr tools) open it again as labels with the same colours.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from napari_ddunet.core.inference.sink import ome_labels_metadata
+from napari_ddunet.core.io import ome
 
 CHUNK = 512
-MIN_LEVEL_SIDE = 256
 
 
 def _colors(meta: dict[str, Any]) -> dict[int, Any]:
@@ -41,16 +40,14 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         out = out.with_name(out.name + ".ome.zarr")
     root = zarr.open_group(str(out), mode="w-")
     group = root.create_group("labels")
+    levels = ome.pyramid_levels(base.shape)
     level = base.astype(dtype)
-    index = 0
-    while True:
+    for index in range(levels):
+        if index:
+            level = ome.downsample_mode_lazy(level)
         chunks = (min(CHUNK, level.shape[0]), min(CHUNK, level.shape[1]))
         target = group.create_array(str(index), shape=level.shape, dtype=dtype, chunks=chunks, fill_value=0)
         da.store(level.rechunk(chunks), target, lock=False)
-        if min(level.shape) // 2 < MIN_LEVEL_SIDE:
-            break
-        level = level[::2, ::2]  # nearest neighbour: labels must stay labels
-        index += 1
-    group.attrs["ome"] = ome_labels_metadata(meta.get("name", "labels"), index + 1, _colors(meta),
-                                             "2x2 subsampling (nearest)")
+        level = da.from_zarr(target)  # the next level reads this one back instead of recomputing it
+    group.attrs["ome"] = ome.labels_metadata(meta.get("name", "labels"), levels, _colors(meta))
     return [str(out)]

@@ -26,11 +26,11 @@ import numpy as np
 
 from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.inference.grid import GridPlan
+from napari_ddunet.core.io import ome
+from napari_ddunet.core.io.images import open_levels
 
 #: Version of the store layout written into the ``napari_ddunet`` attributes.
 STORE_VERSION = 1
-#: Pyramid levels stop once the long side would fall below this many pixels.
-MIN_LEVEL_SIDE = 64
 
 
 class OutputError(DDUNetError):
@@ -42,50 +42,8 @@ def label_dtype(num_classes: int) -> np.dtype:
 
 
 def pyramid_levels(plan: GridPlan) -> int:
-    """Number of label levels: halve while subdomains stay whole and the image stays useful."""
-    h, w = plan.subdomain
-    height, width = plan.image_shape
-    levels = 1
-    while (h % 2 ** levels == 0 and w % 2 ** levels == 0
-           and max(-(-height // 2 ** levels), -(-width // 2 ** levels)) >= MIN_LEVEL_SIDE):
-        levels += 1
-    return levels
-
-
-def downsample_mode(labels: np.ndarray) -> np.ndarray:
-    """(h, w) -> (h/2, w/2): the most frequent label of each 2x2 block, top-left on ties."""
-    h, w = labels.shape
-    blocks = labels.reshape(h // 2, 2, w // 2, 2).transpose(0, 2, 1, 3).reshape(h // 2, w // 2, 4)
-    counts = (blocks[..., :, None] == blocks[..., None, :]).sum(-1)
-    pick = np.argmax(counts, axis=-1)
-    return np.take_along_axis(blocks, pick[..., None], axis=-1)[..., 0]
-
-
-def ome_labels_metadata(name: str, levels: int, colors: dict[int, Any], method: str) -> dict[str, Any]:
-    """OME-Zarr 0.5 ``ome`` attributes of a labels pyramid whose level i is downsampled by 2**i.
-
-    ``colors`` maps label values to RGB(A) floats in [0, 1]; other OME-Zarr readers show them.
-    """
-    datasets = [
-        {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [2.0 ** level] * 2}]}
-        for level in range(levels)
-    ]
-    ome: dict[str, Any] = {
-        "version": "0.5",
-        "multiscales": [{
-            "name": name,
-            "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-            "datasets": datasets,
-            "metadata": {"method": method},
-        }],
-        "image-label": {"version": "0.5"},
-    }
-    if colors:
-        ome["image-label"]["colors"] = [
-            {"label-value": int(value), "rgba": [round(255 * float(v)) for v in rgba]}
-            for value, rgba in colors.items()
-        ]
-    return ome
+    """Number of label levels: :func:`~napari_ddunet.core.io.ome.pyramid_levels` with whole subdomains."""
+    return ome.pyramid_levels(plan.image_shape, whole=plan.subdomain)
 
 
 def check_output_location(output: str | Path, *, overwrite: bool, resume: bool) -> Path:
@@ -181,9 +139,7 @@ class Sink:
             self.arrays[name] = root[name]
         labels = root["labels"]
         label_colors = {i: c for i, c in enumerate(colors)} if colors else {}
-        ome = ome_labels_metadata("labels", self.levels, label_colors, "2x2 mode (ties: top-left, i.e. nearest)")
-        ome["image-label"]["source"] = {"image": "../"}
-        labels.attrs["ome"] = ome
+        labels.attrs["ome"] = ome.labels_metadata("labels", self.levels, label_colors, source="../")
         root.attrs["napari_ddunet"] = meta
         self.root = root
         self.meta = meta
@@ -233,7 +189,7 @@ class Sink:
             level_labels = _side_by_side(labels[i:i + n][:, None])[0]
             for level in range(self.levels):
                 if level:
-                    level_labels = downsample_mode(level_labels)
+                    level_labels = ome.downsample_mode(level_labels)
                 s = 2 ** level
                 target = self.arrays[f"labels/{level}"]
                 ly0, lx0 = y0 // s, x0 // s
@@ -306,10 +262,10 @@ def open_output(path: str | Path) -> dict[str, Any]:
     if not isinstance(attrs, dict):
         raise OutputError(f"{path} is not a napari-ddunet output")
     result: dict[str, Any] = {"attrs": attrs}
-    labels = root["labels"]
-    for name, _ in sorted(labels.arrays(), key=lambda item: int(item[0])):
-        result[f"labels/{name}"] = labels[name]
-    result["labels"] = labels["0"]
+    levels = open_levels(root["labels"]).levels
+    for level, array in enumerate(levels):
+        result[f"labels/{level}"] = array
+    result["labels"] = levels[0]
     for name in ("probabilities", "logits", "bottleneck", "communicated"):
         if name in root:
             result[name] = root[name]
