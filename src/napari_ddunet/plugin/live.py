@@ -52,16 +52,14 @@ def _store_levels(output: str | None) -> list[Any] | None:
     """The labels pyramid written by the engine (``labels/0, 1, ...``), or None."""
     if not output:
         return None
-    import zarr
+    from pathlib import Path
+
+    from napari_ddunet.core.io.images import InputError, open_levels
 
     try:
-        group = zarr.open_group(output, mode="r")["labels"]
-    except (KeyError, FileNotFoundError, ValueError, TypeError):
+        return open_levels(Path(output) / "labels").levels
+    except (InputError, KeyError):
         return None
-    if not isinstance(group, zarr.Group):
-        return None
-    keys = sorted((k for k in group.array_keys() if k.isdigit()), key=int)
-    return [group[k] for k in keys] or None
 
 
 def expects_multiscale(image_yx: tuple[int, int], subdomain: tuple[int, int], downsampling: int,

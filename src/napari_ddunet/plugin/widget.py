@@ -125,21 +125,10 @@ def _warm_up_layer_imports() -> None:
 
 
 def guess_channel_axis(shape: tuple[int, ...], rgb: bool, in_channels: int | None) -> int | None:
-    """Which axis holds channels: the RGB axis, an axis matching the model's channels, or a short one."""
-    ndim = len(shape)
-    if rgb:
-        return ndim - 1
-    if ndim < 3:
-        return None
-    if in_channels and in_channels > 1:
-        for axis in (0, ndim - 1):
-            if shape[axis] == in_channels:
-                return axis
-    if shape[0] <= 16:
-        return 0
-    if shape[-1] <= 16:
-        return ndim - 1
-    return None
+    """Which axis holds channels: the engine's rule (:func:`napari_ddunet.core.io.layout.infer_channel_axis`)."""
+    from napari_ddunet.core.io.layout import infer_channel_axis
+
+    return infer_channel_axis(shape, rgb=rgb, in_channels=in_channels)
 
 
 def yx_axes(ndim: int, channel_axis: int | None) -> tuple[int, int]:
