@@ -28,7 +28,7 @@ def test_missing_checkpoint_file(tmp_path, capsys):
 
 def test_screenshot_must_be_png(tmp_path, capsys):
     if "bluemarble_ddunet_y" not in bundled_models():
-        pytest.fail("the bundled Blue Marble demo model is missing from sample_data/models")
+        pytest.fail("the bundled Blue Marble demo model is missing from the package's models/")
     assert main(["demo", "--screenshot", str(tmp_path / "shot.jpg")]) == 2
     assert ".png" in capsys.readouterr().err
 

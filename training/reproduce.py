@@ -1,6 +1,6 @@
 """Reproduce thesis Table 7.4: U-Net(3), DDU-Net(3,16,Y) and DDU-Net(3,16,N) on the 2-subdomain task.
 
-``python -m training.reproduce synthetic [--quick] [--output DIR] [--export sample_data/models]``
+``python -m training.reproduce synthetic [--quick] [--output DIR] [--export src/napari_ddunet/models]``
 
 Each model is trained by ``python -m training.train`` in its own process (one CPU thread each,
 run side by side unless ``--sequential``); the table of line-class metrics is printed next to
@@ -94,7 +94,7 @@ def export(results: dict[str, dict], output: Path, target: Path, cmds: dict[str,
     target.mkdir(parents=True, exist_ok=True)
     lines = ["# Synthetic demo checkpoints", "",
              "Trained on the paper's 2-subdomain two-circles task (thesis 5.3, Table 7.4) by",
-             "`python -m training.reproduce synthetic --export sample_data/models`, which runs:", ""]
+             "`python -m training.reproduce synthetic --export src/napari_ddunet/models`, which runs:", ""]
     for name, (stem, _) in MODELS.items():
         source = output / stem / "best.pt"
         if source.stat().st_size >= 1_000_000:

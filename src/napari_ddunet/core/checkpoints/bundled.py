@@ -1,26 +1,29 @@
 """Where bundled and user-provided checkpoints live, so every front end lists the same models.
 
-Searched, in order: ``$NAPARI_DDUNET_MODELS`` (directories separated by ``os.pathsep``), the
-package's own ``sample_data/models``, the repository's ``sample_data/models`` (editable installs)
-and ``<prefix>/share/napari-ddunet/models`` (wheel installs: setup.cfg's data_files). The first
-file seen under a name wins.
+Searched, in order: ``$NAPARI_DDUNET_MODELS`` (directories separated by ``os.pathsep``), then the
+demo models shipped as package data in ``napari_ddunet/models``, found through
+:mod:`importlib.resources` so an editable checkout and an installed wheel look in the same place.
+The first file seen under a name wins.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import os
-import sys
 from pathlib import Path
 
 ENV_VAR = "NAPARI_DDUNET_MODELS"
-_PACKAGE_DIR = Path(__file__).resolve().parents[2]
+
+
+def packaged_models_dir() -> Path:
+    """The package-data folder of the bundled demo checkpoints (pip installs packages as files, never zipped)."""
+    return Path(os.fspath(importlib.resources.files("napari_ddunet") / "models"))
 
 
 def model_dirs() -> list[Path]:
     """Existing directories that may hold ``*.pt`` checkpoints, most specific first."""
     candidates = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
-    candidates += [_PACKAGE_DIR / "sample_data" / "models", _PACKAGE_DIR.parents[1] / "sample_data" / "models",
-                   Path(sys.prefix) / "share" / "napari-ddunet" / "models"]
+    candidates.append(packaged_models_dir())
     seen: list[Path] = []
     for path in candidates:
         resolved = path.expanduser().resolve()

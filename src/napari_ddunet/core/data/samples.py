@@ -27,7 +27,7 @@ from napari_ddunet.core.errors import DDUNetError
 METADATA_SAMPLE = "ddunet_sample"
 METADATA_MODEL = "ddunet_model"
 
-#: Sample key -> stem of the bundled checkpoint (``sample_data/models/<stem>.pt``) that segments it.
+#: Sample key -> stem of the bundled checkpoint (``napari_ddunet/models/<stem>.pt``) that segments it.
 SAMPLE_MODELS: dict[str, str] = {
     "synthetic_strip": "synthetic_ddunet_Y",
     "synthetic_grid": "synthetic_ddunet_Y",
