@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from napari_ddunet.core.checkpoints.format import default_class_names
 from napari_ddunet.core.data import synthetic
 from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.io.images import OpenedImage, image_layout, open_levels
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -198,67 +199,56 @@ class CropDataset(Dataset):
         return image, torch.from_numpy(np.ascontiguousarray(mask))
 
 
-def _channels_last(array: np.ndarray, name: str) -> np.ndarray:
-    if array.ndim == 2:
-        return array[..., None]
-    if array.ndim == 3 and array.shape[-1] <= 4:
-        return array
-    if array.ndim == 3 and array.shape[0] <= 4:
-        return np.moveaxis(array, 0, -1)
-    raise DatasetError(f"{name}: expected a (H, W), (H, W, C) or (C, H, W) image, got shape {array.shape}")
+class _ChannelsLast:
+    """An image of any layout viewed as (H, W, C), read only where sliced."""
+
+    def __init__(self, array, channel_axis: int | None) -> None:
+        self.array = array
+        self.channel_axis = channel_axis
+        shape = tuple(int(s) for s in array.shape)
+        if channel_axis is None:
+            self.shape = (*shape, 1)
+        elif channel_axis == 0:
+            self.shape = (*shape[1:], shape[0])
+        else:
+            self.shape = shape
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, cols = key
+        if self.channel_axis == 0:
+            return np.moveaxis(np.asarray(self.array[:, rows, cols]), 0, -1)
+        block = np.asarray(self.array[rows, cols])
+        return block[..., None] if self.channel_axis is None else block
 
 
-def _read_image_file(path: Path) -> np.ndarray:
+def _open(path: Path) -> OpenedImage:
+    """PNG through Pillow (read whole: PNG has no tiles), everything else through the package's opener."""
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
+        if path.suffix.lower() == ".png":
+            from PIL import Image
 
-            return np.asarray(tifffile.imread(path))
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return np.asarray(image)
+            with Image.open(path) as image:
+                return open_levels(np.asarray(image))
+        return open_levels(path)
+    except DDUNetError as error:
+        raise DatasetError(str(error)) from None
     except Exception as error:
         raise DatasetError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
 
 
-class _LazyChannelsLast:
-    """A zarr array viewed as (H, W, C), read only where sliced."""
-
-    def __init__(self, array, name: str) -> None:
-        self.array = array
-        shape = tuple(array.shape)
-        if len(shape) == 2:
-            self.layout = "hw"
-        elif len(shape) == 3 and shape[-1] <= 4:
-            self.layout = "hwc"
-        elif len(shape) == 3 and shape[0] <= 4:
-            self.layout = "chw"
-        else:
-            raise DatasetError(f"{name}: expected a (H, W), (H, W, C) or (C, H, W) array, got shape {shape}")
-        self.shape = shape[1:] + shape[:1] if self.layout == "chw" else shape
-
-    def __getitem__(self, key):
-        rows, cols = key
-        if self.layout == "chw":
-            return np.moveaxis(np.asarray(self.array[:, rows, cols]), 0, -1)
-        block = np.asarray(self.array[rows, cols])
-        return block[..., None] if self.layout == "hw" else block
-
-
-def _open_zarr(path: Path):
-    import zarr
-
+def _open_image(path: Path) -> _ChannelsLast:
+    """An image as (H, W, C), its channel axis told by the one layout rule of :mod:`napari_ddunet.core.io`."""
     try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as error:
-        raise DatasetError(f"cannot open zarr store {path}: {str(error).splitlines()[0]}") from None
-    if isinstance(node, zarr.Group):
-        for key in ("0", "image", "mask", "labels"):
-            if key in node and isinstance(node[key], zarr.Array):
-                return node[key]
-        raise DatasetError(f"{path} is a zarr group without an array '0', 'image' or 'mask'")
-    return node
+        return _ChannelsLast(*image_layout(_open(path)))
+    except DDUNetError as error:
+        raise DatasetError(f"{path}: {error}") from None
+
+
+def _open_mask(path: Path):
+    mask = _open(path).array
+    if mask.ndim != 2:
+        raise DatasetError(f"{path}: masks must be 2-D label images, got shape {tuple(mask.shape)}")
+    return mask
 
 
 def _pairs(directory: Path, kind: str) -> list[tuple[Path, Path]]:
@@ -282,20 +272,10 @@ def _pairs(directory: Path, kind: str) -> list[tuple[Path, Path]]:
     return [(images[k], masks[k]) for k in sorted(images)]
 
 
-def _load_sources(pairs: list[tuple[Path, Path]], kind: str) -> list[Source]:
+def _load_sources(pairs: list[tuple[Path, Path]]) -> list[Source]:
     sources = []
     for image_path, mask_path in pairs:
-        if kind == "zarr":
-            image = _LazyChannelsLast(_open_zarr(image_path), str(image_path))
-            raw_mask = _open_zarr(mask_path)
-            if raw_mask.ndim != 2:
-                raise DatasetError(f"{mask_path}: masks must be 2-D label arrays, got shape {raw_mask.shape}")
-            mask = raw_mask
-        else:
-            image = _channels_last(_read_image_file(image_path), str(image_path))
-            mask = _read_image_file(mask_path)
-            if mask.ndim != 2:
-                raise DatasetError(f"{mask_path}: masks must be 2-D label images, got shape {mask.shape}")
+        image, mask = _open_image(image_path), _open_mask(mask_path)
         if tuple(image.shape[:2]) != tuple(mask.shape):
             raise DatasetError(
                 f"{image_path.name}: image is {tuple(image.shape[:2])} but its mask is {tuple(mask.shape)}"
@@ -368,7 +348,7 @@ def pairs_task(
         split = {s: _pairs(root / s, kind) for s in SPLITS}
     else:
         split = _split_pairs(_pairs(root, kind), seed)
-    sources = {s: _load_sources(p, kind) for s, p in split.items()}
+    sources = {s: _load_sources(p) for s, p in split.items()}
     channels = {int(src.image.shape[2]) for group in sources.values() for src in group}
     if len(channels) != 1:
         raise DatasetError(f"{root}: images have different channel counts {sorted(channels)}")

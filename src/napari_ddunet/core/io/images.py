@@ -204,15 +204,10 @@ def _channel_axis_of(shape: tuple[int, ...], axes: list[str] | None, channel_axi
     return channel_axis % len(shape)
 
 
-def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int | None = None) -> ImageSource:
-    """Wrap ``image`` (array or path) as an :class:`ImageSource` that feeds ``in_channels`` channels.
-
-    2D images are YX (one channel); 3D images are YXC or CYX, guessed from file metadata (TIFF, OME-Zarr)
-    or by :func:`.layout.infer_channel_axis`, or fixed by ``channel_axis`` (an axis of ``image`` as
-    given, unit axes included). Unit axes are dropped by :func:`.layout.dropped_axes`. An RGBA image
-    feeds an RGB model without its alpha channel; any other channel mismatch is an :class:`InputError`.
-    """
-    opened = open_levels(image)
+def image_layout(opened: OpenedImage, *, channel_axis: int | None = None,
+                 in_channels: int | None = None) -> tuple[Any, int | None]:
+    """Level 0 of ``opened`` without the unit axes :mod:`.layout` drops, and its channel axis in that
+    (2D or 3D) array: ``channel_axis`` (an axis of the image as given) or the inferred one, or None."""
     array = opened.array
     full = tuple(int(s) for s in array.shape)
     axes = opened.axes if opened.axes is not None and len(opened.axes) == len(full) else None
@@ -225,22 +220,34 @@ def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int 
             f"unsupported dimensionality: image of shape {shape} ({len(shape)}D); expected a 2D image "
             "as YX, YXC or CYX"
         )
-    dtype = np.dtype(array.dtype)
-    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == np.bool_):
-        raise InputError(f"unsupported pixel type {dtype}; use integer or floating-point pixels")
     if len(shape) == 2:
         if channel_axis is not None:
             raise InputError(f"channel_axis={channel_axis} given for a 2D (YX) image of shape {shape}")
-        axis = None
-    else:
-        if axis is None:
-            raise InputError(
-                f"cannot tell the channel axis of a {shape} image (no axis of at most {layout.MAX_CHANNELS} "
-                "channels); pass channel_axis=0 (CYX) or -1 (YXC)"
-            )
-        axis = kept.index(axis)
-        if axis == 1:
-            raise InputError(f"channel_axis must be the first (CYX) or last (YXC) image axis, got {channel_axis}")
+        return array, None
+    if axis is None:
+        raise InputError(
+            f"cannot tell the channel axis of a {shape} image (no axis of at most {layout.MAX_CHANNELS} "
+            "channels); pass channel_axis=0 (CYX) or -1 (YXC)"
+        )
+    if kept.index(axis) == 1:
+        raise InputError(f"channel_axis must be the first (CYX) or last (YXC) image axis, got {channel_axis}")
+    return array, kept.index(axis)
+
+
+def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int | None = None) -> ImageSource:
+    """Wrap ``image`` (array or path) as an :class:`ImageSource` that feeds ``in_channels`` channels.
+
+    2D images are YX (one channel); 3D images are YXC or CYX, guessed from file metadata (TIFF, OME-Zarr)
+    or by :func:`.layout.infer_channel_axis`, or fixed by ``channel_axis`` (an axis of ``image`` as
+    given, unit axes included). Unit axes are dropped by :func:`.layout.dropped_axes`. An RGBA image
+    feeds an RGB model without its alpha channel; any other channel mismatch is an :class:`InputError`.
+    """
+    opened = open_levels(image)
+    array, axis = image_layout(opened, channel_axis=channel_axis, in_channels=in_channels)
+    shape = tuple(int(s) for s in array.shape)
+    dtype = np.dtype(array.dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == np.bool_):
+        raise InputError(f"unsupported pixel type {dtype}; use integer or floating-point pixels")
     have = 1 if axis is None else shape[axis]
     use = have
     if in_channels is not None and have != in_channels:
