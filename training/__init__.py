@@ -1,1 +1,6 @@
-"""Training tools for napari-ddunet: ``python -m training.train`` and ``python -m training.reproduce``."""
+"""Training tools for napari-ddunet, installed with the plugin.
+
+``python -m training.train``, ``python -m training.evaluate`` and ``python -m training.reproduce``
+run from the repository root (the checkout's folder comes first on ``sys.path``) and from any other
+directory of an environment where napari-ddunet is installed.
+"""
