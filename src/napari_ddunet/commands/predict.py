@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_ddunet.core.errors import DDUNetError
     from napari_ddunet.core.inference.distributed import DistContext
     from napari_ddunet.core.inference.engine import segment_iter
+    from napari_ddunet.core.inference.progress import Phase, ProgressEvent, drive
 
     if args.resume and args.overwrite:
         raise DDUNetError("--resume and --overwrite exclude each other")
@@ -70,19 +71,18 @@ def run(args: argparse.Namespace) -> int:
     )
     rank = "" if context is None else f"[rank {context.rank}/{context.world}] "
     bar = None
+
+    def show(event: ProgressEvent) -> None:
+        nonlocal bar
+        if event.phase == Phase.PREPARE:
+            print(f"{rank}{event.message}", file=sys.stderr)
+            bar = tqdm(total=event.total, initial=event.done, unit="subdomain", desc=f"{rank}segment",
+                       disable=args.quiet, file=sys.stderr)
+        elif bar is not None and event.done > bar.n:
+            bar.update(event.done - bar.n)
+
     try:
-        while True:
-            try:
-                event = next(steps)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            if event.phase == "prepare":
-                print(f"{rank}{event.message}", file=sys.stderr)
-                bar = tqdm(total=event.total, initial=event.done, unit="subdomain", desc=f"{rank}segment",
-                           disable=args.quiet, file=sys.stderr)
-            elif event.phase == "write" and bar is not None:
-                bar.update(1)
+        result = drive(steps, show)
     finally:
         if bar is not None:
             bar.close()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from napari_ddunet.core.inference.bottleneck import BottleneckCache
 
 
 @dataclass
@@ -58,18 +59,15 @@ class DistContext:
         start = r0 + self.rank * base + min(self.rank, extra)
         return start, start + base + (1 if self.rank < extra else 0)
 
-    def exchange_halo(self, run: Any, own: list[int], need_rows: list[int]) -> None:
+    def exchange_halo(self, cache: BottleneckCache, own: list[int], need_rows: list[int], k: int) -> None:
         """All-gather the first and last k own bottleneck rows; keep the foreign rows this rank needs."""
-        k = run.k
-        cols = run.cols
-        hb, wb = run.plan.bottleneck_tile
-        f = run.f
+        hb, wb = cache.tile
         edge = sorted(set(own[:k]) | set(own[-k:])) if own else []
         rows = torch.full((2 * k,), -1, dtype=torch.int64)
-        block = torch.zeros((2 * k, f, hb, len(cols) * wb), dtype=run.dtype)
+        block = torch.zeros((2 * k, cache.features, hb, len(cache.cols) * wb), dtype=cache.dtype)
         for i, r in enumerate(edge):
             rows[i] = r
-            block[i] = torch.cat([run.bott[(r, c)] for c in cols], dim=-1)
+            block[i] = cache.row_mosaic(r)
         gathered_rows = [torch.empty_like(rows, device=self.device) for _ in range(self.world)]
         gathered = [torch.empty_like(block, device=self.device) for _ in range(self.world)]
         dist.all_gather(gathered_rows, rows.to(self.device))
@@ -79,5 +77,4 @@ class DistContext:
             ids, data = ids.to("cpu"), data.to("cpu")
             for i, r in enumerate(ids.tolist()):
                 if r in wanted:
-                    for j, c in enumerate(cols):
-                        run.bott[(r, c)] = data[i, :, :, j * wb:(j + 1) * wb].clone()
+                    cache.put_row_mosaic(r, data[i])

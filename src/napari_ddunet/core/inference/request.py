@@ -1,0 +1,195 @@
+"""A segmentation request, built and validated in full before any work starts.
+
+:func:`build_request` turns the user's arguments into a frozen :class:`SegmentRequest`: the model
+loaded, the image opened and scanned for NaN/inf where the run reads, the grid planned, the devices
+resolved, the memory budget parsed, the output location checked. A bad request raises here, so a
+caller learns of it before the first event, and the stages after it never re-check their inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.inference.devices import resolve_devices
+from napari_ddunet.core.inference.grid import GridPlan, plan_grid
+from napari_ddunet.core.inference.schedule import DEFAULT_MEMORY_BUDGET, SCHEDULES
+from napari_ddunet.core.inference.sink import check_output_location
+from napari_ddunet.core.io.images import ImageSource, InputError, check_finite, open_image
+from napari_ddunet.core.network.model import DDUNet
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+class EngineError(DDUNetError):
+    """A segmentation request that cannot run as given."""
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    """Where results go and which optional arrays are kept."""
+
+    path: Path | None
+    resume: bool
+    probabilities: bool
+    logits: bool
+    features: bool
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentRequest:
+    """Everything a run needs, checked; ``rect`` is the grid (r0, r1, c0, c1) the run computes."""
+
+    model: DDUNet
+    source: ImageSource
+    plan: GridPlan
+    rect: tuple[int, int, int, int]
+    devices: tuple[torch.device, ...]
+    dtype: torch.dtype
+    budget: int
+    schedule: str | None
+    exchange: bool
+    halo_rows: int
+    mean: np.ndarray | None
+    std: np.ndarray | None
+    output: OutputPolicy
+    distributed: Any = None
+
+    @property
+    def per_tile_comm(self) -> bool:
+        """The communication network runs on each subdomain alone (the model has one, exchange is off)."""
+        return self.model.comm is not None and not self.exchange
+
+    @property
+    def sent_features(self) -> int:
+        """F: the bottleneck channels a subdomain hands to the communication network (0 without one)."""
+        return self.model.config.comm_features if self.model.comm is not None else 0
+
+    @property
+    def cols(self) -> list[int]:
+        return list(range(self.rect[2], self.rect[3]))
+
+    @property
+    def world(self) -> int:
+        return 1 if self.distributed is None else self.distributed.world
+
+    def own_rows(self) -> tuple[int, int]:
+        """The grid rows this process computes (all of them outside torchrun)."""
+        r0, r1 = self.rect[:2]
+        return self.distributed.own_rows(r0, r1, self.halo_rows) if self.world > 1 else (r0, r1)
+
+
+def parse_memory(value: int | float | str | None) -> int | None:
+    """Bytes from 2e9, "2GB", "1.5 GiB", "512MB" (decimal units; KiB/MiB/GiB binary)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+        if not match or match.group(2).lower() not in _UNITS:
+            raise EngineError(f"cannot read memory budget {value!r}; use e.g. 2GB, 512MiB or a number of bytes")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    result = int(number * _UNITS[unit])
+    if result <= 0:
+        raise EngineError(f"memory budget must be positive, got {value!r}")
+    return result
+
+
+def build_request(image: Any, model: Any, *, subdomain_size: tuple[int, int] | None, devices: str | Sequence[str],
+                  output: str | Path | None, memory_budget: int | str | None, features: bool, probabilities: bool,
+                  logits: bool, channel_axis: int | None, region: tuple[int, int, int, int] | None,
+                  communicate: bool | None, resume: bool, overwrite: bool, dtype: torch.dtype,
+                  schedule: str | None, distributed: Any) -> SegmentRequest:
+    """Check every argument of :func:`~napari_ddunet.core.inference.engine.segment_iter`; raise on the first bad one."""
+    net = _resolve_model(model)
+    device_list = tuple(resolve_devices(devices))
+    if schedule is not None and schedule not in SCHEDULES:
+        raise EngineError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    budget = parse_memory(memory_budget) or DEFAULT_MEMORY_BUDGET
+    source = open_image(image, in_channels=net.config.in_channels, channel_axis=channel_axis)
+    plan = plan_grid(source.shape, _subdomain_size(net, source, subdomain_size), net.config.downsampling)
+    rect = plan.tiles_in_region(region)
+    mean, std = _normalization(net, source)
+    path = _output_path(image, output, overwrite, resume, distributed)
+    r0, r1, c0, c1 = rect
+    top, _, left, _ = plan.cropped_box(r0, c0)
+    _, bottom, _, right = plan.cropped_box(r1 - 1, c1 - 1)
+    check_finite(source, (top, bottom, left, right))
+    exchange, halo_rows = _exchange(net, plan, communicate)
+    if schedule == "streaming" and exchange:
+        raise EngineError("the streaming schedule needs a model without exchange (F=0, C=N or communicate=False)")
+    policy = OutputPolicy(path, resume, probabilities, logits, features)
+    return SegmentRequest(net, source, plan, rect, device_list, dtype, budget, schedule, exchange, halo_rows,
+                          mean, std, policy, distributed)
+
+
+def _resolve_model(model: Any) -> DDUNet:
+    if isinstance(model, DDUNet):
+        return model
+    if isinstance(model, str | Path):
+        from napari_ddunet.core.checkpoints.format import load_checkpoint
+
+        return load_checkpoint(model, "cpu")
+    raise EngineError(f"model must be a DDUNet or a checkpoint path, got {type(model).__name__}")
+
+
+def _subdomain_size(net: DDUNet, source: ImageSource, size: tuple[int, int] | None) -> tuple[int, int]:
+    """The given size, else the checkpoint's training size, else up to 256 px per side."""
+    info = getattr(net, "info", None)
+    if size is None and info is not None and info.subdomain_size:
+        size = info.subdomain_size
+    if size is None:
+        step = net.config.downsampling
+        size = tuple(max(step, min(256, side) // step * step) for side in source.shape)
+    return size
+
+
+def _normalization(net: DDUNet, source: ImageSource) -> tuple[np.ndarray | None, np.ndarray | None]:
+    info = getattr(net, "info", None)
+    norm = info.normalization if info is not None else None
+    if norm is None:
+        return None, None
+    if len(norm.mean) != source.channels:
+        raise InputError(f"checkpoint normalisation has {len(norm.mean)} channels, the image {source.channels}")
+    return np.asarray(norm.mean, dtype=np.float64), np.asarray(norm.std, dtype=np.float64)
+
+
+def _output_path(image: Any, output: str | Path | None, overwrite: bool, resume: bool,
+                 distributed: Any) -> Path | None:
+    if output is None:
+        if distributed is not None and distributed.world > 1:
+            raise EngineError("a distributed run needs an output store that every rank can write")
+        return None
+    path = check_output_location(output, overwrite=overwrite, resume=resume)
+    _refuse_input_inside(image, path)
+    return path
+
+
+def _refuse_input_inside(image: Any, output: Path) -> None:
+    """An output that is, or contains, the input file or store would be deleted by overwrite: refuse it."""
+    where = image if isinstance(image, str | Path) else getattr(getattr(image, "store", None), "root", None)
+    if where is None:
+        return
+    source, target = Path(where).resolve(), output.resolve()
+    if source == target or target in source.parents:
+        raise EngineError(f"output {output} is (or contains) the input {where}; choose another output")
+
+
+def _exchange(net: DDUNet, plan: GridPlan, communicate: bool | None) -> tuple[bool, int]:
+    """Whether subdomains exchange bottlenecks, and k: the subdomain rows a communicated pixel sees."""
+    config = net.config
+    exchange = net.comm is not None and (config.communicate if communicate is None else bool(communicate))
+    if not exchange:
+        return False, 0
+    halo = config.comm_layers * (config.comm_kernel // 2) * config.comm_dilation
+    return True, math.ceil(halo / plan.bottleneck_tile[0])
