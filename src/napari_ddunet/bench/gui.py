@@ -1,0 +1,190 @@
+"""``napari-ddunet bench --gui``: the dock widget's cost over a headless run, measured once on this machine.
+
+Wall-clock numbers depend on the machine's load, so they are a benchmark (recorded with the load
+average in docs/benchmarks.md), not a CI gate; tests/gui/test_responsiveness.py keeps the structural part.
+It reports: the widget's run time over the same engine call made headless (as the CLI makes it:
+same image, checkpoint, devices, budget, subdomain), how long the Run click blocks the GUI thread,
+the event loop's longest gap during the run, and how many layer refreshes the progress events cost.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Period of the probe timer that measures the event loop's gaps (ms).
+TICK_MS = 10
+BUNDLED_MODEL = "bluemarble_ddunet_y"
+
+
+@dataclass
+class GuiReport:
+    """One measurement of the widget against a headless run of the same request."""
+
+    image: str
+    shape: tuple[int, ...]
+    checkpoint: str
+    devices: tuple[str, ...]
+    headless_s: float
+    widget_s: float
+    click_ms: float
+    max_gap_ms: float
+    p99_gap_ms: float
+    median_gap_ms: float
+    progress_events: int
+    layer_refreshes: int
+    engine_threads: list[str]
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.widget_s / self.headless_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "widget_over_headless": self.ratio}
+
+
+def machine_state() -> dict[str, Any]:
+    """CPU count, torch threads and the load average at the time of the measurement."""
+    import torch
+
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def bluemarble_image(quick: bool) -> tuple[str, np.ndarray]:
+    """The Blue Marble sample, or a 512 x 1024 crop of it (Europe and Africa) for ``--quick``."""
+    from napari_ddunet.core.data.bluemarble import load_image
+
+    image = load_image()
+    if quick:
+        return "Blue Marble crop 512x1024", np.ascontiguousarray(image[600:1112, 2400:3424])
+    return "Blue Marble 2700x5400", image
+
+
+def _headless_seconds(image: np.ndarray, model: Any, request: dict[str, Any]) -> float:
+    from napari_ddunet.core.inference.engine import segment
+
+    start = time.perf_counter()
+    segment(image, model, **request)
+    return time.perf_counter() - start
+
+
+def _record_engine_threads(names: list[str]):
+    """Wrap the engine's generator so the benchmark sees which thread runs each of its steps."""
+    from napari_ddunet.core.inference import engine
+
+    original = engine.segment_iter
+
+    def recording(*args: Any, **kwargs: Any):
+        generator = original(*args, **kwargs)
+        names.append(threading.current_thread().name)
+        return (yield from generator)
+
+    engine.segment_iter = recording
+    return original
+
+
+def measure(image: np.ndarray, name: str, checkpoint: str, devices: tuple[str, ...],
+            budget_mib: int = 0, timeout_s: float = 900.0) -> GuiReport:
+    """Run ``image`` once headless and once from the dock widget in a shown viewer; see the module doc."""
+    import napari
+    from qtpy.QtCore import QCoreApplication, QTimer
+
+    from napari_ddunet.core.checkpoints.format import load_checkpoint
+    from napari_ddunet.core.inference import engine
+    from napari_ddunet.plugin.widget import DDUNetWidget
+
+    viewer = napari.Viewer(show=True)
+    try:
+        widget = DDUNetWidget(viewer)
+        viewer.window.add_dock_widget(widget, name="DDU-Net")
+        viewer.add_image(image, name="bench", rgb=image.ndim == 3 and image.shape[-1] in (3, 4))
+        if not widget.load_checkpoint(checkpoint, quiet=True):
+            raise RuntimeError(f"the widget could not load {checkpoint}")
+        widget.set_devices(list(devices))
+        widget.features_check.setChecked(False)
+        widget.view_check.setChecked(False)  # the whole image, whatever the remembered state says
+        widget.budget_spin.setValue(budget_mib)
+        widget.output_edit.setText("")
+        for _ in range(50):
+            QCoreApplication.processEvents()
+        request: dict[str, Any] = {"subdomain_size": widget.subdomain_size(), "devices": tuple(devices),
+                                   "channel_axis": widget.channel_axis()}
+        if budget_mib:
+            request["memory_budget"] = budget_mib * 2**20
+        model = load_checkpoint(checkpoint)
+        _headless_seconds(image[:256, :256], model, {**request, "subdomain_size": None})  # warm-up
+        headless = _headless_seconds(image, model, request)
+
+        ticks: list[float] = []
+        events: list[Any] = []
+        threads: list[str] = []
+        probe = QTimer()
+        probe.setInterval(TICK_MS)
+        probe.timeout.connect(lambda: ticks.append(time.perf_counter()))
+        widget.progressed.connect(events.append)
+        original = _record_engine_threads(threads)
+        try:
+            probe.start()
+            for _ in range(5):
+                QCoreApplication.processEvents()
+            start = time.perf_counter()
+            widget.run()
+            click = time.perf_counter() - start
+            refreshes = _count_refreshes(widget.labels_layer)
+            widget.wait(int(timeout_s * 1000))
+            elapsed = time.perf_counter() - start
+            probe.stop()
+        finally:
+            engine.segment_iter = original
+        if widget.worker is not None:
+            widget.cancel()
+            raise RuntimeError(f"the widget's run did not finish within {timeout_s:.0f} s")
+        if widget.result is None or widget.result.cancelled:
+            raise RuntimeError("the widget's run failed or was cancelled")
+        gaps = np.diff([start, *[t for t in ticks if t >= start]]) * 1000
+        return GuiReport(
+            image=name, shape=tuple(image.shape), checkpoint=str(checkpoint), devices=tuple(devices),
+            headless_s=headless, widget_s=elapsed, click_ms=click * 1000,
+            max_gap_ms=float(gaps.max()), p99_gap_ms=float(np.percentile(gaps, 99)),
+            median_gap_ms=float(np.median(gaps)), progress_events=len(events), layer_refreshes=refreshes[0],
+            engine_threads=sorted(set(threads)), machine=machine_state(),
+        )
+    finally:
+        viewer.close()
+
+
+def _count_refreshes(layer: Any) -> list[int]:
+    """A one-element counter that the layer's ``refresh`` increments (the list is updated in place)."""
+    count = [0]
+    refresh = layer.refresh
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return refresh(*args, **kwargs)
+
+    layer.refresh = counting
+    return count
+
+
+def format_report(report: GuiReport) -> str:
+    """The numbers of one measurement, one per line."""
+    load = ", ".join(f"{x:.2f}" for x in report.machine["load_average"])
+    return "\n".join([
+        f"GUI benchmark: {report.image} {report.shape}, {report.checkpoint}, devices {', '.join(report.devices)}",
+        f"machine: {report.machine['cpus']} CPUs, {report.machine['torch_threads']} torch threads, load {load}",
+        f"headless run (as the CLI)  {report.headless_s:8.2f} s",
+        f"widget run                 {report.widget_s:8.2f} s",
+        f"widget / headless          {report.ratio:8.2f} x   (goal <= 1.2)",
+        f"Run click blocks the GUI   {report.click_ms:8.1f} ms",
+        f"event loop gap: max {report.max_gap_ms:.0f} ms, p99 {report.p99_gap_ms:.0f} ms, "
+        f"median {report.median_gap_ms:.0f} ms (probe every {TICK_MS} ms)",
+        f"progress events {report.progress_events}, layer refreshes {report.layer_refreshes}",
+        f"engine ran on: {', '.join(report.engine_threads)}",
+    ])
