@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
+
+from napari_ddunet.core.inference.progress import Phase, ProgressEvent
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -47,13 +50,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from napari_ddunet.core.checkpoints.format import load_checkpoint
     from napari_ddunet.core.errors import DDUNetError
     from napari_ddunet.core.inference.distributed import DistContext
     from napari_ddunet.core.inference.engine import segment_iter
-    from napari_ddunet.core.inference.progress import Phase, ProgressEvent, drive
+    from napari_ddunet.core.inference.progress import drive
 
     if args.resume and args.overwrite:
         raise DDUNetError("--resume and --overwrite exclude each other")
@@ -70,22 +72,11 @@ def run(args: argparse.Namespace) -> int:
         dtype=torch.float64 if args.float64 else torch.float32, schedule=args.schedule, distributed=context,
     )
     rank = "" if context is None else f"[rank {context.rank}/{context.world}] "
-    bar = None
-
-    def show(event: ProgressEvent) -> None:
-        nonlocal bar
-        if event.phase == Phase.PREPARE:
-            print(f"{rank}{event.message}", file=sys.stderr)
-            bar = tqdm(total=event.total, initial=event.done, unit="subdomain", desc=f"{rank}segment",
-                       disable=args.quiet, file=sys.stderr)
-        elif bar is not None and event.done > bar.n:
-            bar.update(event.done - bar.n)
-
+    bar = _ProgressBar(rank, args.quiet)
     try:
-        result = drive(steps, show)
+        result = drive(steps, bar.show)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if context is not None:
             import torch.distributed as dist
 
@@ -94,3 +85,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {result.output} ({result.schedule} schedule, grid {result.grid[0]}x{result.grid[1]})",
               file=sys.stderr)
     return 1 if result.cancelled else 0
+
+
+class _ProgressBar:
+    """The first event's message on stderr, then a bar of finished subdomains (the events' done/total)."""
+
+    def __init__(self, prefix: str, quiet: bool) -> None:
+        self.prefix, self.quiet = prefix, quiet
+        self.bar: Any = None
+
+    def show(self, event: ProgressEvent) -> None:
+        if event.phase == Phase.PREPARE:
+            from tqdm import tqdm
+
+            print(f"{self.prefix}{event.message}", file=sys.stderr)
+            self.bar = tqdm(total=event.total, initial=event.done, unit="subdomain", desc=f"{self.prefix}segment",
+                            disable=self.quiet, file=sys.stderr)
+        elif self.bar is not None and event.done > self.bar.n:
+            self.bar.update(event.done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
