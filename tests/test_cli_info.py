@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 import subprocess
 
@@ -11,6 +13,8 @@ import torch
 
 from napari_ddunet import save_checkpoint
 from napari_ddunet.cli import main
+from napari_ddunet.core.checkpoints.card import read_model_card, render_html, render_text, rgba_hex
+from napari_ddunet.core.checkpoints.format import PROVENANCE_KEYS
 
 
 @pytest.fixture
@@ -35,6 +39,45 @@ def test_model_card(checkpoint, capsys):
     params = card["parameters"]
     assert params["communication"] == 3 * (25 * 64 + 8) + 3 * 16
     assert params["encoder"] + params["decoder"] + params["communication"] == params["total"] == params["trainable"]
+
+
+def _facts(card) -> list[str]:
+    """Every field of the card as a string a reader must find, taken from the data, not from a renderer."""
+    c, p, rf = card.config, card.parameters, card.receptive_field
+    facts = [card.notation, card.file, f"{c['depth']} (subdomain sides", f"communicated F {c['comm_features']}",
+             f"input channels {c['in_channels']}", f"dropout {c['dropout']}", f"{c['comm_layers']} x conv",
+             f"{card.subdomain_size[0]} x {card.subdomain_size[1]} px",
+             f"mean {list(card.normalization.mean)}, std {list(card.normalization.std)}",
+             *(f"{p[k]:,}" for k in ("encoder", "decoder", "communication", "total", "trainable")),
+             f"{rf['unet']['min']}-{rf['unet']['max']}", f"{rf['with_comm']['min']}-{rf['with_comm']['max']}",
+             f"{rf['comm_halo_bottleneck_px']} bottleneck px = {rf['comm_halo_image_px']} image px",
+             f"checkpoint format {card.format_version}"]
+    facts += [f"{rgba_hex(k.rgba)} {k.name}" for k in card.classes]
+    for key, value in card.provenance.items():
+        facts.append(key.replace("_", " ") if key in PROVENANCE_KEYS else key)
+        values = value.items() if isinstance(value, dict) else [(None, value)]
+        facts += [str(v) if k is None else f"{k}={v}" for k, v in values]
+    return facts
+
+
+def _plain(text: str) -> str:
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text)).split())
+
+
+def test_card_text_and_html_state_the_same_facts(tmp_path, make_model):
+    model = make_model(depth=3, base_channels=2, comm_features=8, comm_layers=3, comm_kernel=5, num_classes=3)
+    path = save_checkpoint(
+        tmp_path / "m<1>.pt", model, class_names=["background", "cell & co", "membrane"],
+        class_colors=[(0, 0, 0, 0), (1, 0, 0, 1), (0, 0, 1, 1)], normalization={"mean": [0.4], "std": [0.2]},
+        subdomain_size=(128, 96), training_args={"epochs": 40}, metrics={"val_dice": 0.87}, run_name="night run",
+    )
+    card = read_model_card(path)
+    text, rich = " ".join(render_text(card).split()), render_html(card)
+    assert "<1>" not in rich and "cell &amp; co" in rich  # names and paths are escaped
+    assert "background-color:#ff0000" in rich  # the class swatch
+    for fact in _facts(card):
+        assert fact in text, f"text lacks {fact!r}"
+        assert fact in _plain(rich), f"HTML lacks {fact!r}"
 
 
 def _card(path, capsys):

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from napari_ddunet import CheckpointError, load_checkpoint, save_checkpoint
-from napari_ddunet.core.checkpoints.format import FORMAT_VERSION, Normalization, read_checkpoint_info
+from napari_ddunet.core.checkpoints.format import (
+    FORMAT_VERSION,
+    PROVENANCE_KEYS,
+    Normalization,
+    load_training_state,
+    read_checkpoint_info,
+    replace_metrics,
+    save_training_state,
+)
 
 
 class _Payload:
@@ -53,6 +61,65 @@ def test_round_trip_is_bit_exact(saved):
     assert prov["training_args"] == {"lr": 0.008, "epochs": 40} and prov["metrics"] == {"val_dice": 0.9}
     assert prov["run_name"] == "test" and prov["library_version"]
     assert not path.with_name("m.pt.partial").exists()
+
+
+def _training_state(model) -> dict:
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.008)
+    model.train()
+    model(torch.randn(2, 1, 16, 16, dtype=torch.float64), grid=(1, 2)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
+    scheduler.step(1.0)
+    return {"epoch": 4, "best_loss": 0.25, "best_epoch": 3, "stopped": False, "history": [{"epoch": 1, "lr": 0.008}],
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state()}
+
+
+def test_training_state_round_trip_is_bit_exact(tmp_path, make_model):
+    model = make_model(depth=2, comm_features=4, num_classes=3)
+    state = _training_state(model)
+    path = save_training_state(tmp_path / "last.pt", model, state, subdomain_size=(16, 8), metrics={"epoch": 5})
+    weights, restored = load_training_state(path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(weights[name], tensor), name
+    assert restored.keys() == state.keys() and restored["history"] == state["history"]
+    assert torch.equal(restored["torch_rng"], state["torch_rng"])
+    assert restored["scheduler"] == state["scheduler"]
+    moments = state["optimizer"]["state"]
+    assert restored["optimizer"]["param_groups"] == state["optimizer"]["param_groups"]
+    for index, values in moments.items():
+        for key, value in values.items():
+            assert torch.equal(restored["optimizer"]["state"][index][key], value), (index, key)
+    loaded = load_checkpoint(path)  # still an ordinary checkpoint
+    assert loaded.info.subdomain_size == (16, 8) and loaded.info.metrics == {"epoch": 5}
+    assert not path.with_name("last.pt.partial").exists()
+
+
+def test_load_training_state_needs_one(saved):
+    _, path = saved
+    with pytest.raises(CheckpointError, match="holds no training state to resume from"):
+        load_training_state(path)
+
+
+def test_provenance_has_the_one_key_list_then_the_extras(saved):
+    _, path = saved
+    info, _ = read_checkpoint_info(path)
+    assert tuple(info.provenance)[: len(PROVENANCE_KEYS)] == PROVENANCE_KEYS
+    assert info.training_args == {"lr": 0.008, "epochs": 40} and info.metrics == {"val_dice": 0.9}
+    assert info.extra_provenance == {"run_name": "test"}
+
+
+def test_replace_metrics_keeps_everything_else(saved):
+    _, path = saved
+    before, weights = read_checkpoint_info(path)
+    replace_metrics(path, {"val_dice": 0.9, "eval": [{"grid": [8, 8], "miou": 0.5}]})
+    after, new_weights = read_checkpoint_info(path)
+    assert after.metrics == {"val_dice": 0.9, "eval": [{"grid": [8, 8], "miou": 0.5}]}
+    assert {k: v for k, v in after.provenance.items() if k != "metrics"} == {
+        k: v for k, v in before.provenance.items() if k != "metrics"}
+    assert (after.config, after.class_colors, after.normalization) == (
+        before.config, before.class_colors, before.normalization)
+    assert all(torch.equal(new_weights[k], weights[k]) for k in weights)
 
 
 def test_defaults_when_nothing_is_given(tmp_path, make_model):

@@ -1,7 +1,8 @@
-"""One-file checkpoints: weights, config, classes, normalisation and provenance.
+"""One-file checkpoints: weights, config, classes, normalisation, provenance and training state.
 
 Files are torch zip archives of tensors and plain data only, read back with
-``torch.load(weights_only=True)``: a checkpoint can never run code on load.
+``torch.load(weights_only=True)``: a checkpoint can never run code on load. This module is the
+only reader and writer of the file, so the payload keys are spelled here and nowhere else.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from napari_ddunet.core.network.model import DDUNet
 
 FORMAT_NAME = "napari-ddunet-checkpoint"
 FORMAT_VERSION = 1
+
+#: Provenance every checkpoint records; anything else a caller passes is kept as extra provenance.
+PROVENANCE_KEYS: tuple[str, ...] = ("library_version", "torch_version", "created", "training_args", "metrics")
+#: Optimizer, scheduler, epoch, history and RNG state of ``last.pt``, what ``--resume`` continues from.
+TRAINING_STATE_KEY = "training_state"
 
 #: Colours for classes when a checkpoint names none: background transparent, then distinct hues.
 DEFAULT_COLORS: tuple[tuple[float, float, float, float], ...] = (
@@ -74,6 +80,19 @@ class CheckpointInfo:
     format_version: int = FORMAT_VERSION
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def training_args(self) -> dict[str, Any]:
+        return dict(self.provenance.get("training_args") or {})
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.provenance.get("metrics") or {})
+
+    @property
+    def extra_provenance(self) -> dict[str, Any]:
+        """Provenance a caller added beyond :data:`PROVENANCE_KEYS` (e.g. a run name)."""
+        return {k: v for k, v in self.provenance.items() if k not in PROVENANCE_KEYS}
+
 
 def _library_version() -> str:
     from napari_ddunet import __version__
@@ -103,6 +122,53 @@ def save_checkpoint(
     **metadata: Any,
 ) -> Path:
     """Write ``model`` and what is needed to use it to one file (written atomically)."""
+    payload = _model_payload(
+        model, class_names=class_names, class_colors=class_colors, normalization=normalization,
+        subdomain_size=subdomain_size, training_args=training_args, metrics=metrics, **metadata,
+    )
+    return _write_payload(Path(path), payload)
+
+
+def save_training_state(path: str | Path, model: DDUNet, state: dict[str, Any], **checkpoint: Any) -> Path:
+    """Write a usable checkpoint that also holds ``state`` (optimizer, scheduler, epoch, RNG...) for resuming.
+
+    ``checkpoint`` takes the keywords of :func:`save_checkpoint`; the file stays weights_only-loadable.
+    """
+    payload = _model_payload(model, **checkpoint)
+    payload[TRAINING_STATE_KEY] = state
+    return _write_payload(Path(path), payload)
+
+
+def load_training_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """State dict and training state of a checkpoint written by :func:`save_training_state`."""
+    path = Path(path)
+    _, state_dict = read_checkpoint_info(path)
+    state = _read_payload(path).get(TRAINING_STATE_KEY)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds no training state to resume from")
+    return state_dict, state
+
+
+def replace_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
+    """Rewrite a checkpoint with new ``metrics``; weights, metadata and other provenance stay as they are."""
+    path = Path(path)
+    payload = _read_payload(path)
+    payload["provenance"] = {**(payload.get("provenance") or {}), "metrics": dict(metrics)}
+    return _write_payload(path, payload)
+
+
+def _model_payload(
+    model: DDUNet,
+    *,
+    class_names: list[str] | tuple[str, ...] | None = None,
+    class_colors: list | tuple | None = None,
+    normalization: Normalization | dict[str, Any] | None = None,
+    subdomain_size: tuple[int, int] | None = None,
+    training_args: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    **metadata: Any,
+) -> dict[str, Any]:
+    """The validated payload of a model checkpoint (everything but the training state)."""
     config = model.config
     names = tuple(class_names or config.class_names or default_class_names(config.num_classes))
     if len(names) != config.num_classes:
@@ -117,7 +183,14 @@ def save_checkpoint(
         raise CheckpointError(
             f"normalization has {len(normalization.mean)} channels, the model takes {config.in_channels}"
         )
-    payload = {
+    provenance = dict(zip(PROVENANCE_KEYS, (
+        _library_version(),
+        str(torch.__version__),
+        _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        dict(training_args or {}),
+        dict(metrics or {}),
+    ), strict=True))
+    return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "config": config.replace(class_names=names).to_dict(),
@@ -125,16 +198,11 @@ def save_checkpoint(
         "class_colors": [list(c) for c in colors],
         "normalization": None if normalization is None else normalization.to_dict(),
         "subdomain_size": None if subdomain_size is None else [int(s) for s in subdomain_size],
-        "provenance": {
-            "library_version": _library_version(),
-            "torch_version": str(torch.__version__),
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "training_args": dict(training_args or {}),
-            "metrics": dict(metrics or {}),
-            **metadata,
-        },
+        "provenance": {**provenance, **metadata},
     }
-    path = Path(path)
+
+
+def _write_payload(path: Path, payload: dict[str, Any]) -> Path:
     tmp = path.with_name(path.name + ".partial")
     torch.save(payload, tmp)
     tmp.replace(path)
