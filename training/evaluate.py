@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from napari_ddunet.core.checkpoints.format import load_checkpoint, read_checkpoint_info, save_checkpoint
+from napari_ddunet.core.checkpoints.format import load_checkpoint, read_checkpoint_info, replace_metrics
 from napari_ddunet.core.errors import DDUNetError
 from training import datasets
 from training.metrics import ConfusionMatrix
@@ -120,18 +120,10 @@ def _key(entry: dict[str, Any]) -> tuple:
 
 
 def store(path: Path, entry: dict[str, Any]) -> None:
-    """Rewrite the checkpoint with ``entry`` added to metrics['eval'] (same weights, same training args)."""
-    info, _ = read_checkpoint_info(path)
-    model = load_checkpoint(path)
-    provenance = dict(info.provenance)
-    metrics = dict(provenance.pop("metrics", {}))
+    """Rewrite the checkpoint with ``entry`` added to metrics['eval'] (weights and the rest of provenance kept)."""
+    metrics = read_checkpoint_info(path)[0].metrics
     keep = [e for e in metrics.get("eval", []) if _key(e) != _key(entry)]
-    metrics["eval"] = [*keep, entry]
-    extra = {k: v for k, v in provenance.items()
-             if k not in ("library_version", "torch_version", "created", "training_args")}
-    save_checkpoint(path, model, class_names=info.class_names, class_colors=info.class_colors,
-                    normalization=info.normalization, subdomain_size=info.subdomain_size,
-                    training_args=provenance.get("training_args"), metrics=metrics, **extra)
+    replace_metrics(path, {**metrics, "eval": [*keep, entry]})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,7 +105,7 @@ def export(results: dict[str, dict], output: Path, target: Path, cmds: dict[str,
         cmd = list(cmds[name][1:])
         cmd[cmd.index("--output") + 1] = f"runs/{stem}"
         # a run cut short (killed, then finished with --resume --epochs E) is exactly the run with --epochs E
-        epochs = read_checkpoint_info(source)[0].provenance["training_args"]["epochs"]
+        epochs = read_checkpoint_info(source)[0].training_args["epochs"]
         cmd[cmd.index("--epochs") + 1] = str(epochs)
         lines += [f"## {stem}.pt: {name}", "", "```", "python " + shlex.join(cmd), "```", "",
                   f"Best epoch {r['best_epoch']}; test set: mIoU {r['test_miou']:.3f}, line IoU "

@@ -24,7 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_ddunet.core.checkpoints.format import save_checkpoint
+from napari_ddunet.core.checkpoints.format import (
+    load_training_state,
+    read_checkpoint_info,
+    save_checkpoint,
+    save_training_state,
+)
 from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.network.config import ModelConfig
 from napari_ddunet.core.network.model import DDUNet
@@ -32,7 +37,6 @@ from training import datasets, distributed, losses
 from training.metrics import ConfusionMatrix
 
 DATASETS = ("synthetic", "folder", "zarr", "bluemarble")
-TRAINING_STATE_KEY = "training_state"
 
 
 class TrainingError(DDUNetError):
@@ -238,22 +242,6 @@ def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
-def add_training_state(path: Path, state: dict[str, Any]) -> None:
-    """Put optimizer/scheduler/RNG state into an existing checkpoint (still weights_only-loadable)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    payload[TRAINING_STATE_KEY] = state
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-
-
-def read_training_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if TRAINING_STATE_KEY not in payload:
-        raise TrainingError(f"{path} holds no training state to resume from")
-    return payload["state_dict"], payload[TRAINING_STATE_KEY]
-
-
 # -- the loop -----------------------------------------------------------------------------------
 
 
@@ -386,16 +374,21 @@ class Trainer:
         result.update(confusion.compute(self.config.class_names))
         return result
 
-    def save(self, path: Path, metrics: dict[str, Any], training_args: dict[str, Any]) -> None:
-        save_checkpoint(
-            path, self.model,
-            class_names=self.task.class_names,
-            class_colors=self.task.class_colors,
-            normalization={"mean": self.task.mean, "std": self.task.std},
-            subdomain_size=self.subdomain,
-            training_args=training_args,
-            metrics=metrics,
-        )
+    def save(self, path: Path, metrics: dict[str, Any], training_args: dict[str, Any],
+             state: dict[str, Any] | None = None) -> None:
+        """Write a checkpoint of the model; with ``state`` (optimizer, scheduler, RNG...) one to resume from."""
+        checkpoint = {
+            "class_names": self.task.class_names,
+            "class_colors": self.task.class_colors,
+            "normalization": {"mean": self.task.mean, "std": self.task.std},
+            "subdomain_size": self.subdomain,
+            "training_args": training_args,
+            "metrics": metrics,
+        }
+        if state is None:
+            save_checkpoint(path, self.model, **checkpoint)
+        else:
+            save_training_state(path, self.model, state, **checkpoint)
 
 
 def _json_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -425,7 +418,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     best_loss, best_epoch, start = math.inf, -1, 0
     if args.resume:
-        state_dict, state = read_training_state(out / "last.pt")
+        state_dict, state = load_training_state(out / "last.pt")
         trainer.model.load_state_dict(state_dict)
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
@@ -453,8 +446,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if writer:
             if improved:
                 trainer.save(out / "best.pt", {"epoch": epoch + 1, **_prefixed("val", val)}, training_args)
-            trainer.save(out / "last.pt", {"epoch": epoch + 1, **_prefixed("val", val)}, training_args)
-            add_training_state(out / "last.pt", {
+            trainer.save(out / "last.pt", {"epoch": epoch + 1, **_prefixed("val", val)}, training_args, {
                 "epoch": epoch, "best_loss": best_loss, "best_epoch": best_epoch, "stopped": stopped,
                 "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
                 "history": history, "torch_rng": torch.get_rng_state(),
@@ -475,10 +467,10 @@ def finish(trainer: Trainer, args, out: Path, training_args, best_epoch: int, wr
     """Evaluate best.pt on the test split and store the test metrics in it."""
     if trainer.dist is not None:
         trainer.dist.barrier()
-    payload = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
-    trainer.model.load_state_dict(payload["state_dict"])
+    info, state_dict = read_checkpoint_info(out / "best.pt")
+    trainer.model.load_state_dict(state_dict)
     test = trainer.evaluate(trainer.task.test)
-    metrics = {"best_epoch": best_epoch + 1, **payload["provenance"].get("metrics", {}), **_prefixed("test", test)}
+    metrics = {"best_epoch": best_epoch + 1, **info.metrics, **_prefixed("test", test)}
     if writer:
         trainer.save(out / "best.pt", metrics, training_args)
         (out / "summary.json").write_text(json.dumps({"notation": trainer.config.notation, **metrics}, indent=2))

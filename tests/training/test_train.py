@@ -5,7 +5,7 @@ import csv
 import pytest
 import torch
 
-from napari_ddunet.core.checkpoints.format import load_checkpoint, read_checkpoint_info
+from napari_ddunet.core.checkpoints.format import load_checkpoint, load_training_state, read_checkpoint_info
 from training import train
 
 TINY = ["--depth", "2", "--base-channels", "2", "--comm-features", "4", "--comm-layers", "1",
@@ -19,9 +19,10 @@ def _run(tmp_path, *extra) -> int:
 def _check_outputs(out, notation: str, channels: int, classes: int, subdomain: tuple[int, int]) -> None:
     for name in ("best.pt", "last.pt", "metrics.csv", "curves.png", "summary.json"):
         assert (out / name).is_file(), name
-    # checkpoints hold tensors and plain data only
-    payload = torch.load(out / "last.pt", weights_only=True)
-    assert "optimizer" in payload[train.TRAINING_STATE_KEY]
+    # last.pt is a usable checkpoint that also holds what --resume needs
+    assert load_checkpoint(out / "last.pt").config.notation == notation
+    _, state = load_training_state(out / "last.pt")
+    assert {"optimizer", "scheduler", "epoch", "history", "torch_rng"} <= set(state)
     model = load_checkpoint(out / "best.pt")
     info = model.info
     assert model.config.notation == notation
@@ -77,13 +78,12 @@ def test_resume_reaches_the_same_weights(tmp_path):
     assert _run(straight, *args, "--epochs", "3") == 0
     assert _run(split, *args, "--epochs", "2") == 0  # "interrupted" after two epochs
     assert _run(split, *args, "--epochs", "3", "--resume") == 0
-    a = torch.load(straight / "last.pt", weights_only=True)
-    b = torch.load(split / "last.pt", weights_only=True)
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    assert [r["val_loss"] for r in a["training_state"]["history"]] == [
-        r["val_loss"] for r in b["training_state"]["history"]]
+    a_weights, a_state = load_training_state(straight / "last.pt")
+    b_weights, b_state = load_training_state(split / "last.pt")
+    assert a_weights.keys() == b_weights.keys()
+    for key in a_weights:
+        assert torch.equal(a_weights[key], b_weights[key]), key
+    assert [r["val_loss"] for r in a_state["history"]] == [r["val_loss"] for r in b_state["history"]]
     assert (straight / "metrics.csv").read_text().count("\n") == (split / "metrics.csv").read_text().count("\n")
 
 
@@ -97,13 +97,22 @@ def test_bad_options_give_one_line_and_status_2(tmp_path, capsys):
     assert "last.pt does not exist" in capsys.readouterr().err
 
 
+def test_resume_from_a_checkpoint_without_training_state_is_one_line(tmp_path, capsys):
+    assert _run(tmp_path, "--dataset", "synthetic", "--subdomains", "2", "--subdomain-size", "16", "16",
+                "--train-size", "4", "--val-size", "4", "--test-size", "4", "--epochs", "1") == 0
+    (tmp_path / "best.pt").replace(tmp_path / "last.pt")
+    capsys.readouterr()
+    assert _run(tmp_path, "--dataset", "synthetic", "--subdomains", "2", "--resume") == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'last.pt'} holds no training state to resume from"
+
+
 def test_several_devices_in_one_process_match_one_device(tmp_path):
     """Without dropout (its random masks depend on the thread order) the weights agree."""
     args = ["--dataset", "synthetic", "--subdomains", "2", "--subdomain-size", "16", "16", "--train-size", "8",
             "--val-size", "4", "--test-size", "4", "--epochs", "1", "--dtype", "float64", "--dropout", "0"]
     assert _run(tmp_path / "one", *args) == 0
     assert _run(tmp_path / "two", *args, "--devices", "cpu,cpu") == 0
-    a = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["state_dict"]
+    a = read_checkpoint_info(tmp_path / "one" / "last.pt")[1]
+    b = read_checkpoint_info(tmp_path / "two" / "last.pt")[1]
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=0, atol=1e-9), key
