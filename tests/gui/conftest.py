@@ -12,8 +12,8 @@ CLASS_COLORS = [(0.0, 0.0, 0.0, 0.0), (1.0, 0.2, 0.2, 1.0), (0.3, 0.6, 1.0, 1.0)
 
 @pytest.fixture(autouse=True)
 def _isolated_widget_state(tmp_path, monkeypatch):
-    """Never read or write the user's remembered widget values."""
-    monkeypatch.setenv("NAPARI_DDUNET_WIDGET_STATE", str(tmp_path / "widget-state.json"))
+    """Never read or write the user's remembered widget values (magicgui keeps them in its cache folder)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("NAPARI_DDUNET_MODELS", str(tmp_path / "no-models-here"))
 
 

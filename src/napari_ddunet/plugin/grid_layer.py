@@ -63,16 +63,18 @@ def update_grid_layer(viewer, image_layer, subdomain_size: tuple[int, int], yx_a
             lines, shape_type="line", edge_color="yellow", edge_width=width, name=GRID_LAYER_NAME, opacity=0.8
         )
     layer.scale, layer.translate = scale, translate
+    # A Points layer given a new number of points redraws its text with the old indices before its
+    # features follow ("index 64 is out of bounds ..."): a new count gets a new layer.
+    count = rows * cols
+    if index_name in viewer.layers and (count > MAX_INDEX_LABELS or len(viewer.layers[index_name].data) != count):
+        viewer.layers.remove(index_name)
     if rows * cols > MAX_INDEX_LABELS:
-        if index_name in viewer.layers:
-            viewer.layers.remove(index_name)
         return layer, None
     centres, texts = grid_labels(image_yx, subdomain_size)
     text = {"string": "{index}", "color": "yellow", "size": font, "anchor": "center"}
     if index_name in viewer.layers:
         points = viewer.layers[index_name]
         points.data = centres
-        points.features = {"index": texts}
         points.text = text
     else:
         points = viewer.add_points(
@@ -87,3 +89,10 @@ def update_grid_layer(viewer, image_layer, subdomain_size: tuple[int, int], yx_a
         )
     points.scale, points.translate = scale, translate
     return layer, points
+
+
+def remove_grid_layers(viewer) -> None:
+    """Take the grid lines and their indices off the viewer."""
+    for name in (GRID_LAYER_NAME, GRID_LAYER_NAME + " indices"):
+        if name in viewer.layers:
+            viewer.layers.remove(name)

@@ -1,0 +1,202 @@
+"""The run controller: one engine run at a time in a napari worker, its output policy and Cancel.
+
+Plain Python around napari's ``thread_worker``: the engine's generator runs in the worker (the
+stardist-napari contract) and its events come back on the GUI thread through :attr:`RunController.progressed`;
+the result comes back through :attr:`RunController.finished`. :meth:`RunController.run_blocking` is the
+same path, waited for, for scripts, ``napari-ddunet demo`` and the tests.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QCoreApplication, QObject, Signal
+
+from napari_ddunet.plugin.live import coalesce_events
+
+logger = logging.getLogger(__name__)
+
+#: Runs over more pixels than this write to a temporary zarr store instead of memory.
+IN_MEMORY_PIXELS = 4096 * 4096
+#: Nice value of the worker thread (Linux): background work yields the CPU to the GUI thread.
+WORKER_NICE = 10
+
+
+def temporary_store() -> str:
+    """A zarr path in a new temporary folder that is removed when Python exits.
+
+    Its Labels layer reads from it for as long as the viewer lives, so it cannot go earlier.
+    """
+    folder = tempfile.mkdtemp(prefix="napari-ddunet-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return str(Path(folder) / "labels.zarr")
+
+
+def output_for(requested: str | None, run_yx: tuple[int, int]) -> str | None:
+    """Where a run writes: the store asked for, else memory, else (over :data:`IN_MEMORY_PIXELS`) a temp store."""
+    if requested:
+        return requested
+    return temporary_store() if run_yx[0] * run_yx[1] > IN_MEMORY_PIXELS else None
+
+
+def _lower_thread_priority() -> None:
+    """Run this worker thread, and the threads the engine starts from it, at a lower CPU priority (Linux)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+
+
+def _engine_events(image: Any, model: Any, **kwargs: Any):
+    """The engine's generator, run at low priority, with its progress events thinned out for the GUI."""
+    from napari_ddunet.core.inference.engine import segment_iter
+
+    _lower_thread_priority()
+    return (yield from coalesce_events(segment_iter(image, model, **kwargs)))
+
+
+@dataclass
+class RunRequest:
+    """Everything one run needs; ``kind`` is "main" or "compare" (communication switched off)."""
+
+    image: Any
+    model: Any
+    image_yx: tuple[int, int]
+    subdomain_size: tuple[int, int]
+    devices: tuple[str, ...]
+    channel_axis: int | None
+    output: str | None = None
+    features: bool = False
+    region: tuple[int, int, int, int] | None = None
+    memory_budget_mb: int = 0
+    kind: str = "main"
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def run_yx(self) -> tuple[int, int]:
+        """Pixels the run covers: the region's, or the whole image's."""
+        if self.region is None:
+            return self.image_yx
+        y0, y1, x0, x1 = self.region
+        return y1 - y0, x1 - x0
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "subdomain_size": self.subdomain_size,
+            "devices": self.devices,
+            "output": self.output,
+            "features": self.features,
+            "channel_axis": self.channel_axis,
+            "region": self.region,
+            "cancel": self.cancel,
+        }
+        if self.kind == "compare":
+            kwargs["communicate"] = False
+        if self.memory_budget_mb > 0:
+            kwargs["memory_budget"] = self.memory_budget_mb * 2**20
+        return kwargs
+
+
+class RunController(QObject):
+    """Owns the worker of the run in flight, where it writes, and Cancel."""
+
+    #: (request) emitted on the GUI thread when a run starts, its output decided.
+    started = Signal(object)
+    #: (request, ProgressEvent) for every (coalesced) engine event, on the GUI thread.
+    progressed = Signal(object, object)
+    #: (request, Result) when the engine returns, cancelled or not.
+    returned = Signal(object, object)
+    #: (request, exception) when the run fails.
+    failed = Signal(object, object)
+    #: (request) after returned/failed, when the worker is gone.
+    finished = Signal(object)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.worker = None
+        self.request: RunRequest | None = None
+        self.result = None
+        self.last_result = None
+        self.error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def run(self, request: RunRequest) -> bool:
+        """Start ``request`` in a worker thread; False when a run is already in flight."""
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            return False
+        request.output = output_for(request.output, request.run_yx())
+        self.request, self.error = request, None
+        if request.kind == "main":
+            self.result = None
+        worker = create_worker(
+            _engine_events, request.image, request.model, _start_thread=False, _ignore_errors=True,
+            **request.engine_kwargs(),
+        )
+        worker.yielded.connect(lambda event: self.progressed.emit(request, event))
+        worker.returned.connect(lambda result: self._on_returned(request, result))
+        worker.errored.connect(lambda error: self._on_error(request, error))
+        worker.finished.connect(lambda: self._on_finished(request))
+        self.worker = worker
+        self.started.emit(request)
+        worker.start()
+        return True
+
+    def run_blocking(self, request: RunRequest, timeout_s: float = 3600.0):
+        """:meth:`run` and wait (processing Qt events) for its end; returns the engine's result.
+
+        Raises the run's error, or TimeoutError (after cancelling) when it is still running at ``timeout_s``.
+        """
+        if not self.run(request):
+            raise RuntimeError("a run is already in flight")
+        self.wait(timeout_s)
+        if self.worker is not None:
+            self.cancel()
+            self.wait(60.0)
+            raise TimeoutError(f"the run did not end within {timeout_s} s")
+        if self.error is not None:
+            raise self.error
+        return self.last_result
+
+    def wait(self, timeout_s: float = 60.0) -> None:
+        """Process Qt events until the run in flight ends or ``timeout_s`` passes."""
+        deadline = time.monotonic() + timeout_s
+        while self.worker is not None and time.monotonic() < deadline:
+            QCoreApplication.processEvents()
+            time.sleep(0.005)
+
+    def cancel(self) -> None:
+        """Ask the engine to stop at its next batch; it returns a result marked cancelled."""
+        if self.request is not None and self.worker is not None:
+            self.request.cancel.set()
+
+    @property
+    def cancelling(self) -> bool:
+        return self.worker is not None and self.request is not None and self.request.cancel.is_set()
+
+    def _on_returned(self, request: RunRequest, result: Any) -> None:
+        self.last_result = result
+        if request.kind == "main":
+            self.result = result
+        self.returned.emit(request, result)
+
+    def _on_error(self, request: RunRequest, error: BaseException) -> None:
+        self.error = error
+        self.failed.emit(request, error)
+
+    def _on_finished(self, request: RunRequest) -> None:
+        self.worker = None
+        self.finished.emit(request)

@@ -1,0 +1,396 @@
+"""The DDU-Net dock widget: the form, the run controller, the model card, the grid overlay and the
+result layers, wired together.
+
+No inference happens here: the engine runs in the controller's worker; this module turns the
+controller's events into layers and a progress bar, and keeps the form in step with the viewer.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer, Signal
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from napari_ddunet.core.checkpoints.bundled import bundled_models
+from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.io.layout import infer_channel_axis, yx_axes
+from napari_ddunet.plugin import settings as _settings
+from napari_ddunet.plugin.grid_layer import GRID_LAYER_NAME, grid_shape, remove_grid_layers, update_grid_layer
+from napari_ddunet.plugin.live import expects_multiscale, visible_region
+from napari_ddunet.plugin.widget import results
+from napari_ddunet.plugin.widget.controller import RunController, RunRequest
+from napari_ddunet.plugin.widget.form import NO_MODEL, build_form
+
+logger = logging.getLogger(__name__)
+
+REFRESH_MS = 400
+#: Subdomain side on screen (pixels) from which the "(r, c)" index texts are shown.
+MIN_INDEX_SCREEN_PX = 56
+
+
+def _warm_up_layer_imports() -> None:
+    """Import what the first Labels layer with a features table needs (pandas, ...) now, not mid-run."""
+    from napari.layers import Labels
+
+    Labels(np.zeros((1, 1), np.uint8), features={"index": [0], "class": ["background"]})
+
+
+def _cancel_pending(controller: RunController, *_: Any) -> None:
+    """Stop a run whose widget is gone (the dock was closed or the viewer quit)."""
+    controller.cancel()
+
+
+def image_shape(layer) -> tuple[int, ...]:
+    return tuple(layer.data[0].shape if layer.multiscale else layer.data.shape)
+
+
+class DDUNetWidget(QWidget):
+    """Dock widget: ``form`` (magicgui), ``controller`` (runs), model card, buttons and progress."""
+
+    #: Every engine ProgressEvent of a run, re-emitted on the GUI thread after the widget handled it.
+    progressed = Signal(object)
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model = None
+        self.checkpoint_path: Path | None = None
+        self.labels_layer = None
+        self._labels_target = None
+        self._dirty = False
+        self._image = None
+        self.form = build_form(self._image_choices, list(bundled_models()), _settings.plugin_defaults())
+        self.card = Label(value="No checkpoint loaded.")
+        self.card.native.setWordWrap(True)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="")
+        self.progress.native.setFormat("idle")
+        self.features_button = PushButton(text="Show feature maps", enabled=False)
+        self.compare_button = PushButton(text="Compare without communication", enabled=False)
+        self.actions = Container(widgets=[
+            self.card, self.run_button, self.cancel_button, self.progress, self.features_button, self.compare_button,
+        ], labels=False)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form.native)
+        layout.addWidget(self.actions.native)
+        layout.addStretch(1)
+
+        self.controller = RunController(self)
+        self.controller.started.connect(self._on_started)
+        self.controller.progressed.connect(self._on_progress)
+        self.controller.returned.connect(self._on_returned)
+        self.controller.failed.connect(self._on_error)
+        self.controller.finished.connect(self._on_finished)
+        self.destroyed.connect(functools.partial(_cancel_pending, self.controller))
+
+        self._grid_timer = QTimer(self, singleShot=True, interval=60)
+        self._grid_timer.timeout.connect(self.draw_grid)
+        self._refresh_timer = QTimer(self, interval=REFRESH_MS)
+        self._refresh_timer.timeout.connect(self._refresh_labels)
+
+        form = self.form
+        form.model.changed.connect(self._on_model_chosen)
+        form.checkpoint.changed.connect(self._on_checkpoint_file)
+        form.image.changed.connect(self._on_image_changed)
+        for field in (form.channel_axis, form.subdomain_size, form.show_grid):
+            field.changed.connect(self._schedule_grid)
+        self.run_button.changed.connect(lambda: self.run())
+        self.cancel_button.changed.connect(self.cancel)
+        self.features_button.changed.connect(self.show_feature_maps)
+        self.compare_button.changed.connect(self.compare_without_communication)
+        self.viewer.camera.events.zoom.connect(self._update_index_visibility)
+        layer_events = self.viewer.layers.events
+        for event in (layer_events.inserted, layer_events.removed, layer_events.renamed):
+            event.connect(self.reset_choices)
+        _warm_up_layer_imports()
+        remembered = form.checkpoint.value
+        if remembered and Path(remembered).is_file():
+            self.load_checkpoint(remembered, quiet=True, size_from_checkpoint=False)
+        self.reset_choices()
+        self._on_image_changed()
+
+    # ------------------------------------------------------------ choices
+    def _image_choices(self, _widget=None) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self.viewer.layers
+                if isinstance(layer, Image) and not layer.metadata.get("ddunet_derived")]
+
+    def reset_choices(self, *_: Any) -> None:
+        """Keep the image combo in step with the viewer (layers added, removed, renamed)."""
+        self.form.image.reset_choices()
+        self._update_buttons()
+
+    def image_layer(self):
+        return self.form.image.value
+
+    # --------------------------------------------------------- checkpoint
+    def _on_model_chosen(self, name: str) -> None:
+        bundled = bundled_models()
+        if name != NO_MODEL and name in bundled:
+            self.load_checkpoint(bundled[name])
+
+    def _on_checkpoint_file(self, path: Path) -> None:
+        if path and Path(path).is_file() and Path(path) != self.checkpoint_path:
+            self.load_checkpoint(path)
+
+    def load_checkpoint(self, path: str | Path, *, quiet: bool = False, size_from_checkpoint: bool = True) -> bool:
+        """Load a checkpoint and show its card; a bad file becomes a notification, never a traceback."""
+        from napari_ddunet.core.checkpoints.card import build_model_card, render_html
+        from napari_ddunet.core.checkpoints.format import load_checkpoint
+
+        try:
+            model = load_checkpoint(path)
+        except DDUNetError as error:
+            if not quiet:
+                show_error(f"Cannot load checkpoint: {error}")
+            return False
+        except (OSError, RuntimeError) as error:
+            if not quiet:
+                show_error(f"Cannot load checkpoint {path}: {error}")
+            return False
+        self.model, self.checkpoint_path = model, Path(path)
+        self.card.value = render_html(build_model_card(model, path))
+        if size_from_checkpoint and model.info.subdomain_size:
+            self.form.subdomain_size.value = tuple(int(s) for s in model.info.subdomain_size)
+        if self.form.checkpoint.value != self.checkpoint_path:
+            self.form.checkpoint.value = self.checkpoint_path
+        self._guess_channel_axis()
+        self._update_buttons()
+        self._schedule_grid()
+        return True
+
+    # -------------------------------------------------------------- image
+    def _on_image_changed(self, *_: Any) -> None:
+        """A new image: its own channel axis and no output path (an output belongs to one image)."""
+        layer = self.image_layer()
+        if layer is self._image:
+            return
+        self._image = layer
+        self.form.output.value = ""
+        self._preselect_model(layer)
+        self._guess_channel_axis()
+        self._schedule_grid()
+        self._update_buttons()
+
+    def _preselect_model(self, layer) -> None:
+        """Load the bundled model a sample layer names (``layer.metadata``) when a new image is chosen."""
+        from napari_ddunet.core.data.samples import recommended_model
+
+        stem = None if layer is None else recommended_model(layer.metadata)
+        bundled = bundled_models() if stem is not None else {}
+        if stem in bundled and (self.checkpoint_path is None or self.checkpoint_path.stem != stem):
+            self.load_checkpoint(bundled[stem], quiet=True)
+
+    def _guess_channel_axis(self) -> None:
+        layer = self.image_layer()
+        choices: list[tuple[str, Any]] = [("none", None)]
+        guess = None
+        if layer is not None:
+            shape = image_shape(layer)
+            choices += [(f"{axis} (size {size})", axis) for axis, size in enumerate(shape)]
+            in_channels = self.model.config.in_channels if self.model is not None else None
+            guess = infer_channel_axis(shape, rgb=bool(getattr(layer, "rgb", False)), in_channels=in_channels)
+        field = self.form.channel_axis
+        with field.changed.blocked():
+            field.choices = choices
+            field.value = guess
+        self._schedule_grid()
+
+    def yx(self, layer) -> tuple[int, int]:
+        return yx_axes(len(image_shape(layer)), self.form.channel_axis.value)
+
+    def current_view_region(self) -> tuple[int, int, int, int] | None:
+        layer = self.image_layer()
+        return None if layer is None else visible_region(self.viewer, layer, self.yx(layer))
+
+    # --------------------------------------------------------------- grid
+    def _schedule_grid(self, *_: Any) -> None:
+        self._grid_timer.start()
+
+    def draw_grid(self) -> None:
+        """Redraw the grid over the current image (or remove it when hidden or nothing is chosen)."""
+        layer = self.image_layer()
+        if layer is None or not self.form.show_grid.value or len(image_shape(layer)) < 2:
+            remove_grid_layers(self.viewer)
+            self.form.grid.value = ""
+            return
+        shape = image_shape(layer)
+        ya, xa = self.yx(layer)
+        size = tuple(self.form.subdomain_size.value)
+        update_grid_layer(self.viewer, layer, size, (ya, xa))
+        rows, cols = grid_shape((shape[ya], shape[xa]), size)
+        self.form.grid.value = f"{rows} x {cols} subdomains on {shape[ya]} x {shape[xa]} px"
+        self._update_index_visibility()
+        self.viewer.layers.selection.active = layer
+
+    def _update_index_visibility(self, *_: Any) -> None:
+        """Show the "(r, c)" texts only when a subdomain is wide enough on screen to hold one."""
+        name = GRID_LAYER_NAME + " indices"
+        layer = self.image_layer()
+        if name not in self.viewer.layers or layer is None:
+            return
+        ya, xa = self.yx(layer)
+        pixels = np.asarray(self.form.subdomain_size.value) * np.abs(np.asarray(layer.scale)[[ya, xa]])
+        self.viewer.layers[name].visible = bool(pixels.min() * self.viewer.camera.zoom >= MIN_INDEX_SCREEN_PX)
+
+    # ---------------------------------------------------------------- run
+    def _update_buttons(self) -> None:
+        running = self.controller.running
+        ready = self.model is not None and self.image_layer() is not None
+        self.run_button.enabled = ready and not running
+        self.cancel_button.enabled = running and not self.controller.cancelling
+        result = self.controller.result
+        self.features_button.enabled = result is not None and result.bottleneck is not None and not running
+        self.compare_button.enabled = ready and not running and bool(self.model.config.comm_features)
+
+    def request(self, *, kind: str = "main", region: tuple[int, int, int, int] | None = None) -> RunRequest | None:
+        """The run the form describes (None, with a notification, when it cannot start)."""
+        layer = self.image_layer()
+        if self.model is None or layer is None:
+            show_info("Choose a checkpoint and an image layer first.")
+            return None
+        devices = tuple(self.form.devices.value)
+        if not devices:
+            show_error("Tick at least one device.")
+            return None
+        if kind == "main" and region is None and self.form.current_view_only.value:
+            region = self.current_view_region()
+        shape = image_shape(layer)
+        ya, xa = self.yx(layer)
+        return RunRequest(
+            image=layer.data[0] if layer.multiscale else layer.data,
+            model=self.model,
+            image_yx=(shape[ya], shape[xa]),
+            subdomain_size=tuple(self.form.subdomain_size.value),
+            devices=devices,
+            channel_axis=self.form.channel_axis.value,
+            output=(self.form.output.value.strip() or None) if kind == "main" else None,
+            features=kind == "main" and self.form.features.value,
+            region=region,
+            memory_budget_mb=int(self.form.memory_budget_mb.value),
+            kind=kind,
+        )
+
+    def run(self, *, kind: str = "main", region: tuple[int, int, int, int] | None = None) -> RunRequest | None:
+        """Start the run the form describes; returns its request (None when it could not start)."""
+        if self.controller.running:
+            return None
+        request = self.request(kind=kind, region=region)
+        if request is None or not self.controller.run(request):
+            return None
+        return request
+
+    def run_blocking(self, *, kind: str = "main", region=None, timeout_s: float = 3600.0):
+        """:meth:`run` and wait for its result (scripts, ``napari-ddunet demo``, tests)."""
+        request = self.request(kind=kind, region=region)
+        if request is None:
+            return None
+        return self.controller.run_blocking(request, timeout_s=timeout_s)
+
+    def cancel(self, *_: Any) -> None:
+        """Ask the engine to stop at its next batch; it returns a result marked cancelled."""
+        if self.controller.running:
+            self.controller.cancel()
+            self.cancel_button.enabled = False
+            self.progress.native.setFormat("cancelling...")
+
+    def _on_started(self, request: RunRequest) -> None:
+        self._run_layer, self._run_yx = self.image_layer(), self.yx(self.image_layer())
+        self._labels_target = None
+        if request.kind == "main":
+            multiscale = expects_multiscale(
+                request.run_yx() if request.region is not None else request.image_yx,
+                request.subdomain_size, self.model.config.downsampling, request.output,
+            )
+            self.labels_layer = results.prepare_labels_layer(
+                self.viewer, self._run_layer, self._run_yx, self.model.info, multiscale
+            )
+        self.progress.native.setRange(0, 0)
+        self.progress.native.setFormat("starting...")
+        self._update_buttons()
+        self._refresh_timer.start()
+
+    def _on_progress(self, request: RunRequest, event) -> None:
+        if event.outputs and self._labels_target is None and "labels" in event.outputs:
+            self._labels_target = event.outputs["labels"]
+            if request.kind == "main":
+                self.labels_layer = results.attach_labels(
+                    self.viewer, self.labels_layer, self._run_layer, self._run_yx, self.model.info,
+                    self._labels_target, request.output,
+                )
+        total = max(int(event.total), 1)
+        self.progress.native.setRange(0, total)
+        self.progress.native.setValue(min(int(event.done), total))
+        stopping = "cancelling... " if request.cancel.is_set() else ""
+        self.progress.native.setFormat(f"{stopping}{event.phase}: {event.done}/{event.total}")
+        if event.region is not None:
+            self._dirty = True
+        self.progressed.emit(event)
+
+    def _refresh_labels(self) -> None:
+        if self._dirty and self.labels_layer is not None:
+            self._dirty = False
+            self.labels_layer.refresh()
+
+    def _on_returned(self, request: RunRequest, result) -> None:
+        if request.kind == "main":
+            self._dirty = True  # the final refresh happens once, in _on_finished
+        else:
+            results.add_comparison(
+                self.viewer, self._run_layer, self._run_yx, image_shape(self._run_layer), self.model.info,
+                result, request.output,
+            )
+        state = "cancelled" if result.cancelled else "done"
+        self.progress.native.setFormat(f"{state} ({result.schedule}, {result.grid[0]}x{result.grid[1]} grid)")
+        if not result.cancelled:
+            self.progress.native.setValue(self.progress.native.maximum())
+
+    def _on_error(self, request: RunRequest, error: BaseException) -> None:
+        if isinstance(error, DDUNetError):
+            show_error(str(error))
+        else:
+            logger.error("DDU-Net run failed", exc_info=error)
+            show_error(f"DDU-Net run failed: {type(error).__name__}: {error}")
+        self.progress.native.setRange(0, 1)
+        self.progress.native.setValue(0)
+        self.progress.native.setFormat("failed")
+
+    def _on_finished(self, request: RunRequest) -> None:
+        self._refresh_timer.stop()
+        self._dirty = True
+        self._refresh_labels()
+        self._update_buttons()
+
+    # --------------------------------------------------- feature explorer
+    def show_feature_maps(self, *_: Any) -> list:
+        """Add the bottleneck maps before and after communication as image layers over the image."""
+        result = self.controller.result
+        if result is None or result.bottleneck is None:
+            show_info("Run with 'Keep feature maps' ticked first.")
+            return []
+        return results.add_feature_maps(
+            self.viewer, self._run_layer, self._run_yx, result, self.model.config.downsampling
+        )
+
+    def compare_without_communication(self, *_: Any) -> RunRequest | None:
+        """Rerun the visible region with the exchange off; shown to the right of the image."""
+        if self.image_layer() is None or self.model is None:
+            return None
+        return self.run(kind="compare", region=self.current_view_region())
+
+    def wait(self, timeout_ms: int = 60_000) -> None:
+        """Block (processing events) until the current run ends; for scripts and tests."""
+        self.controller.wait(timeout_ms / 1000)
+
+    def closeEvent(self, event) -> None:
+        self.cancel()
+        super().closeEvent(event)

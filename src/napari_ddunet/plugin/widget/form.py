@@ -1,0 +1,93 @@
+"""The dock widget's form, built with magicgui and remembered the magicgui way (``persist=True``).
+
+The values that belong to the user (checkpoint, subdomain size, grid, devices, budget, features,
+current view) are stored by magicgui in its cache folder and restored in the next session. The image,
+its channel axis and the output store belong to one image, so they are never stored: a new session
+or another image starts without an output path.
+"""
+
+
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import FunctionGui
+from napari.layers import Image
+
+from napari_ddunet.plugin.settings import PluginDefaults
+
+NO_MODEL = "(choose a checkpoint)"
+#: Form fields that describe one image, not the user's preferences: never persisted.
+PER_IMAGE_FIELDS = frozenset({"image", "channel_axis", "output", "model", "grid"})
+
+
+def available_devices() -> list[tuple[str, str]]:
+    """(label, device string) for the CPU and every GPU torch can see."""
+    import torch
+
+    devices = [("CPU", "cpu")]
+    for i in range(torch.cuda.device_count()):
+        devices.append((f"cuda:{i} ({torch.cuda.get_device_name(i)})", f"cuda:{i}"))
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append(("Apple GPU (mps)", "mps"))
+    return devices
+
+
+class RunForm(FunctionGui):
+    """A FunctionGui that persists only the user's preferences (see :data:`PER_IMAGE_FIELDS`)."""
+
+    def _dump(self, path: str | Path | None = None) -> None:
+        import pickle
+
+        path = Path(path or self._dump_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        values = {}
+        for widget in self._list:
+            if widget.name in PER_IMAGE_FIELDS or not hasattr(widget, "value"):
+                continue
+            values[widget.name] = pickle.dumps(widget.value)
+        path.write_bytes(pickle.dumps(values))
+
+
+def _ddunet_form(
+    image: Image,
+    model: str = NO_MODEL,
+    checkpoint: Path = Path(),
+    channel_axis: Any = None,
+    subdomain_size: tuple[int, int] = (256, 256),
+    show_grid: bool = True,
+    grid: str = "",
+    devices: list[str] | None = None,
+    output: str = "",
+    memory_budget_mb: int = 0,
+    features: bool = True,
+    current_view_only: bool = False,
+) -> None:
+    """The form's fields; the dock widget reads them, nothing is called."""
+
+
+def build_form(image_choices, bundled_names: list[str], defaults: PluginDefaults) -> RunForm:
+    """The form, its persisted values restored; ``image_choices(widget)`` lists the candidate image layers."""
+    device_choices = available_devices()
+    known = {device for _, device in device_choices}
+    ticked = [device for device in defaults.devices if device in known] or ["cpu"]
+    options = dict(
+        model={"widget_type": "ComboBox", "choices": [NO_MODEL, *bundled_names], "label": "Checkpoint",
+               "tooltip": "Bundled checkpoints; or open any napari-ddunet .pt file below"},
+        checkpoint={"mode": "r", "filter": "*.pt", "label": "File"},
+        image={"choices": image_choices, "label": "Image layer"},
+        channel_axis={"widget_type": "ComboBox", "choices": [("none", None)], "label": "Channel axis",
+                      "tooltip": "Axis of the image that holds channels (guessed; change it if wrong)"},
+        subdomain_size={"label": "Subdomain h x w", "options": {"min": 8, "max": 1 << 16, "step": 8},
+                        "tooltip": "Subdomain height and width in pixels (multiples of 2**depth)"},
+        show_grid={"label": "Show subdomain grid"},
+        grid={"widget_type": "Label", "label": "Grid"},
+        devices={"widget_type": "Select", "choices": device_choices, "value": ticked, "label": "Devices"},
+        output={"label": "Output", "tooltip": "optional .zarr (default: memory, or a temp store for big images)"},
+        memory_budget_mb={"label": "Memory budget (MiB)", "min": 0, "max": 1 << 20, "step": 256,
+                          "tooltip": "Memory a run may use; 0: the engine decides (default: Preferences)"},
+        features={"label": "Keep feature maps", "value": defaults.features},
+        current_view_only={"label": "Current view only (quick preview)"},
+    )
+    options["memory_budget_mb"]["value"] = defaults.memory_budget_mb
+    return RunForm(_ddunet_form, call_button=False, persist=True, param_options=options)
