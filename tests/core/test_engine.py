@@ -178,6 +178,20 @@ def test_resume_continues_to_the_uninterrupted_result(model, tmp_path):
         run(image(), model, output=out, resume=True, probabilities=True, features=True)
 
 
+def test_monolithic_resume_skips_finished_rows(model, ref, tmp_path):
+    """A resumed monolithic run whose store holds whole finished rows decodes only the rest, exactly."""
+    out = tmp_path / "rows.zarr"
+    cancel = threading.Event()
+    steps = segment_iter(image(), model, subdomain_size=SUB, dtype=torch.float64, schedule="wavefront",
+                         output=out, logits=True, features=True, cancel=cancel)
+    for event in steps:
+        if event.phase == "write" and event.done >= 14:
+            cancel.set()
+    done = np.asarray(open_output(out)["done"][...]).astype(bool)
+    assert done[:2].all() and not done.all()
+    assert_exact(run(image(), model, schedule="monolithic", output=out, resume=True, features=True), ref)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
