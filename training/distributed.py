@@ -1,4 +1,4 @@
-"""Subdomain-parallel training across processes (``torchrun``; gloo on CPU, nccl on CUDA).
+"""Subdomain-parallel training across processes (``torchrun``; backend by core/inference/process_group).
 
 Every rank owns a contiguous run of subdomains in row-major order (whole grid rows when
 the count per rank is a multiple of the grid's columns) of every image in the batch:
@@ -20,13 +20,14 @@ autograd collective sums the incoming gradients of all ranks, so rank r ends wit
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from napari_ddunet.core.inference.process_group import init_process_group
 from napari_ddunet.core.network.batchnorm import global_batch_norm, update_running_stats
 from napari_ddunet.core.network.mosaic import Grid, from_subdomains, to_subdomains
 
@@ -115,21 +116,6 @@ def convert_batchnorm(module: nn.Module, skip: nn.Module | None = None) -> nn.Mo
     return module
 
 
-def init_from_env() -> tuple[int, int]:
-    """Join the torchrun process group (gloo on CPU, nccl when CUDA is present); (rank, world)."""
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("DDUNET_BACKEND") != "gloo" else "gloo"
-        dist.init_process_group(backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def shutdown() -> None:
-    """Leave the process group together: a rank that exits while gloo still talks to it aborts the other."""
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 class SubdomainParallel:
     """Runs a DDUNet with this rank's share of the subdomains (see the module docstring).
 
@@ -137,8 +123,8 @@ class SubdomainParallel:
     layers already see global statistics and are left as they are.
     """
 
-    def __init__(self, model: nn.Module, grid: Grid) -> None:
-        self.rank, self.world = init_from_env()
+    def __init__(self, model: nn.Module, grid: Grid, devices: Sequence[torch.device]) -> None:
+        self.rank, self.world = init_process_group(devices)
         self.model = model
         self.grid = grid
         tiles = grid[0] * grid[1]

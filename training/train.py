@@ -31,6 +31,8 @@ from napari_ddunet.core.checkpoints.format import (
     save_training_state,
 )
 from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.inference.devices import resolve_devices
+from napari_ddunet.core.inference.process_group import destroy_process_group
 from napari_ddunet.core.network.config import ModelConfig
 from napari_ddunet.core.network.model import DDUNet
 from training import datasets, distributed, losses
@@ -183,19 +185,8 @@ def build_config(args: argparse.Namespace, task: datasets.TaskData) -> ModelConf
 
 
 def parse_devices(spec: str) -> list[torch.device]:
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    if not names:
-        raise TrainingError("--devices is empty")
-    devices = []
-    for name in names:
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise TrainingError(f"--devices: {name!r} is not a device (use cpu or cuda:N)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise TrainingError(f"--devices {name}: CUDA is not available on this machine")
-        devices.append(device)
-    return devices
+    """The comma-separated ``--devices`` list through the one parser (DeviceError names what is available)."""
+    return resolve_devices([name for name in spec.split(",") if name.strip()])
 
 
 def amp_dtype(args: argparse.Namespace, device: torch.device) -> torch.dtype | None:
@@ -267,7 +258,7 @@ class Trainer:
             load_resnet18_trunk(model.encoder, args.pretrained)
         self.model = model.to(self.device, self.dtype)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            self.dist = distributed.SubdomainParallel(self.model, self.grid)
+            self.dist = distributed.SubdomainParallel(self.model, self.grid, self.devices)
         self.forward_model = self._parallel_forward()
         self.mean = torch.tensor(task.mean, dtype=self.dtype, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(task.std, dtype=self.dtype, device=self.device).view(1, -1, 1, 1)
@@ -487,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:
-        distributed.shutdown()
+        destroy_process_group()
     return 0
 
 

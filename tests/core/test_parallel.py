@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from napari_ddunet import DDUNet, ModelConfig
-from napari_ddunet.core.network.parallel import DataParallelDDUNet, DeviceError, forward_multi_device
+from napari_ddunet.core.inference.devices import DeviceError
+from napari_ddunet.core.network.parallel import DataParallelDDUNet, forward_multi_device
 
 CPUS = ["cpu", "cpu", "cpu"]
 

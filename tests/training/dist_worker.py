@@ -3,8 +3,9 @@
 import sys
 
 import torch
-from training.distributed import SubdomainParallel, shutdown
+from training.distributed import SubdomainParallel
 
+from napari_ddunet.core.inference.process_group import destroy_process_group
 from napari_ddunet.core.network.config import ModelConfig
 from napari_ddunet.core.network.model import DDUNet
 from training import losses
@@ -21,7 +22,7 @@ def step(communicate: str, ce_weight: float) -> dict | None:
     x = torch.randn(2, 1, 16, 24, generator=generator, dtype=torch.float64)
     y = torch.randint(0, 3, (2, 16, 24), generator=generator)
     grid = (2, 3)
-    parallel = SubdomainParallel(model, grid)
+    parallel = SubdomainParallel(model, grid, [torch.device("cpu")])
     logits = parallel.forward(x)
     target = parallel.local_target(y)
     sums = parallel.all_reduce(losses.dice_sums(logits, target))
@@ -42,7 +43,7 @@ def main(out: str) -> None:
     results = {f"{c}-{w}": step(c, w) for c, w in CASES}
     if results[f"{CASES[0][0]}-{CASES[0][1]}"] is not None:
         torch.save(results, out)
-    shutdown()
+    destroy_process_group()
 
 
 if __name__ == "__main__":

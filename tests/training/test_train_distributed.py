@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from napari_ddunet.core.network.config import ModelConfig
@@ -60,3 +61,17 @@ def _compare(dist: dict, loss: torch.Tensor, model: torch.nn.Module) -> None:
     for name, buffer in model.named_buffers():
         if buffer.dtype.is_floating_point:
             assert torch.allclose(dist["buffers"][name], buffer, rtol=0, atol=1e-12), name
+
+
+def test_training_devices_go_through_the_one_parser():
+    """--devices takes what the engine takes ("auto", any case) and refuses what this machine lacks."""
+    from training.train import parse_devices
+
+    from napari_ddunet.core.inference.devices import DeviceError, resolve_devices
+
+    assert parse_devices("auto") == resolve_devices("auto")
+    assert parse_devices(" CPU, cpu ") == [torch.device("cpu")] * 2
+    with pytest.raises(DeviceError, match="no device given"):
+        parse_devices(" , ")
+    with pytest.raises(DeviceError, match="not available"):
+        parse_devices(f"cpu,cuda:{torch.cuda.device_count() + 3}")

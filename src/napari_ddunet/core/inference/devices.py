@@ -1,5 +1,6 @@
-"""Device specs ("cpu", "cuda", "cuda:1", "mps", "auto") checked before any work, and one worker
-thread per device that pulls jobs from one shared queue (a slow device never holds the others back)."""
+"""Device discovery and the one device-spec parser ("cpu", "cuda", "cuda:1", "mps", "auto"), checked
+before any work, and one worker thread per device that pulls jobs from one shared queue (a slow device
+never holds the others back)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,18 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def available_devices() -> list[tuple[str, str]]:
+    """(human label, device string) for the CPU, every CUDA GPU (name and memory) and MPS: choices for a menu."""
+    devices = [("CPU", "cpu")]
+    for i in range(torch.cuda.device_count()):
+        properties = torch.cuda.get_device_properties(i)
+        gib = properties.total_memory / 2**30
+        devices.append((f"cuda:{i} ({properties.name}, {gib:.0f} GiB)", f"cuda:{i}"))
+    if _mps_available():
+        devices.append(("Apple GPU (mps)", "mps"))
+    return devices
+
+
 def resolve_devices(devices: str | Sequence[str | torch.device] | None) -> list[torch.device]:
     """Turn a device spec into torch devices, or raise :class:`DeviceError` naming what is available."""
     if devices is None:
@@ -46,9 +59,7 @@ def resolve_devices(devices: str | Sequence[str | torch.device] | None) -> list[
         devices = [devices]
     if not devices:
         raise DeviceError("no device given; use e.g. 'cpu', 'cuda', 'cuda:0', 'mps' or 'auto'")
-    available = ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
-    if _mps_available():
-        available.append("mps")
+    available = [value for _, value in available_devices()]
     result: list[torch.device] = []
     for spec in devices:
         text = str(spec).strip().lower()

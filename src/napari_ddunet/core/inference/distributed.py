@@ -7,13 +7,13 @@ Every non-empty band holds at least ``k`` rows, so a rank's halo always lies in 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from napari_ddunet.core.inference.bottleneck import BottleneckCache
+from napari_ddunet.core.inference.process_group import init_process_group, rank_default_device, torchrun_world
 
 
 @dataclass
@@ -27,16 +27,11 @@ class DistContext:
     @classmethod
     def from_env(cls) -> DistContext | None:
         """Join the process group that torchrun describes in the environment (None outside torchrun)."""
-        if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        if torchrun_world() <= 1:
             return None
-        if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend)
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if dist.get_backend() == "nccl":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
-            torch.cuda.set_device(device)
-        else:
+        device = rank_default_device()
+        rank, world = init_process_group([device])
+        if dist.get_backend() != "nccl":  # a group someone else opened with gloo
             device = torch.device("cpu")
         return cls(rank, world, device)
 

@@ -47,17 +47,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.inference.devices import DeviceError
 from napari_ddunet.core.network.batchnorm import global_batch_norm, update_running_stats
 from napari_ddunet.core.network.config import ModelConfig
 from napari_ddunet.core.network.model import DDUNet
 from napari_ddunet.core.network.mosaic import Grid, from_subdomains, to_subdomains
 
 Device = str | torch.device
-
-
-class DeviceError(DDUNetError):
-    """A device list that cannot be used."""
 
 
 class _ChunkGroup:

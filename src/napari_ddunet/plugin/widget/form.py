@@ -13,24 +13,12 @@ from typing import Any
 from magicgui.widgets import FunctionGui
 from napari.layers import Image
 
+from napari_ddunet.core.inference.devices import available_devices
 from napari_ddunet.plugin.settings import PluginDefaults
 
 NO_MODEL = "(choose a checkpoint)"
 #: Form fields that describe one image, not the user's preferences: never persisted.
 PER_IMAGE_FIELDS = frozenset({"image", "channel_axis", "output", "model", "grid"})
-
-
-def available_devices() -> list[tuple[str, str]]:
-    """(label, device string) for the CPU and every GPU torch can see."""
-    import torch
-
-    devices = [("CPU", "cpu")]
-    for i in range(torch.cuda.device_count()):
-        devices.append((f"cuda:{i} ({torch.cuda.get_device_name(i)})", f"cuda:{i}"))
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append(("Apple GPU (mps)", "mps"))
-    return devices
 
 
 class RunForm(FunctionGui):
