@@ -11,12 +11,12 @@ from napari_ddunet.plugin.grid_layer import GRID_LAYER_NAME, grid_labels, grid_l
 def test_good_checkpoint_fills_card_and_subdomain_size(widget, checkpoint_factory, errors):
     path = checkpoint_factory("m.pt", depth=3, subdomain=(48, 64))
     assert widget.load_checkpoint(path)
-    text = widget.card.text()
+    text = widget.card.value
     assert "DDU-Net(3,8,Y)" in text
     assert "circle" in text and "48 x 64 px" in text
     assert "#4c99ff" in text  # swatch of the circle class colour (0.3, 0.6, 1.0)
-    assert widget.subdomain_size() == (48, 64)
-    assert widget.size_h.singleStep() == 8
+    assert widget.form.subdomain_size.value == (48, 64)
+    assert all(field.step == 8 for field in widget.form.subdomain_size)
     assert errors == []
 
 
@@ -49,39 +49,41 @@ def test_grid_layer_follows_size_and_image(widget, checkpoint, qtbot):
     viewer = widget.viewer
     viewer.add_image(np.zeros((96, 250), np.float32), name="img", scale=(2.0, 0.5))
     widget.load_checkpoint(checkpoint)
-    widget.set_subdomain_size((32, 52))
+    widget.form.subdomain_size.value = (32, 52)
     qtbot.waitUntil(lambda: GRID_LAYER_NAME in viewer.layers and len(viewer.layers[GRID_LAYER_NAME].data) == 4 + 6)
     layer = viewer.layers[GRID_LAYER_NAME]
     np.testing.assert_allclose(layer.scale, (2.0, 0.5))
     verticals = sorted({float(d[0, 1]) for d in layer.data if d[0, 1] == d[1, 1]})
     assert verticals == [-0.5, 51.5, 103.5, 155.5, 207.5, 259.5]
-    assert widget.grid_label.text().startswith("3 x 5 subdomains")
-    widget.set_subdomain_size((32, 128))  # 3 x 2 grid
+    assert widget.form.grid.value.startswith("3 x 5 subdomains")
+    widget.form.subdomain_size.value = (32, 128)  # 3 x 2 grid
     qtbot.waitUntil(lambda: len(viewer.layers[GRID_LAYER_NAME].data) == 4 + 3)
     viewer.add_image(np.zeros((64, 64), np.float32), name="small")
-    widget.image_combo.setCurrentText("small")
+    widget.form.image.value = viewer.layers["small"]
     qtbot.waitUntil(lambda: len(viewer.layers[GRID_LAYER_NAME].data) == 3 + 2)
-    widget.grid_check.setChecked(False)
+    widget.form.show_grid.value = False
     qtbot.waitUntil(lambda: GRID_LAYER_NAME not in viewer.layers)
 
 
 def test_image_picker_tracks_layers_and_guesses_channels(widget):
     viewer = widget.viewer
-    assert widget.image_combo.count() == 0
+    image = widget.form.image
+    assert image.choices == ()
     viewer.add_image(np.zeros((3, 40, 40), np.float32), name="three")
     viewer.add_image(np.zeros((40, 40, 3), np.uint8), name="rgb", rgb=True)
-    assert [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())] == ["three", "rgb"]
-    widget.image_combo.setCurrentText("three")
-    assert widget.channel_axis() == 0
-    widget.image_combo.setCurrentText("rgb")
-    assert widget.channel_axis() == 2
-    widget.channel_combo.setCurrentIndex(0)
-    assert widget.channel_axis() is None
+    assert [layer.name for layer in image.choices] == ["three", "rgb"]
+    image.value = viewer.layers["three"]
+    assert widget.form.channel_axis.value == 0
+    image.value = viewer.layers["rgb"]
+    assert widget.form.channel_axis.value == 2
+    widget.form.channel_axis.value = None
+    assert widget.form.channel_axis.value is None
     viewer.layers["three"].name = "renamed"
-    assert widget.image_combo.currentText() == "rgb"  # still the chosen layer
-    assert [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())] == ["renamed", "rgb"]
+    assert image.value.name == "rgb"  # still the chosen layer
+    assert [layer.name for layer in image.choices] == ["renamed", "rgb"]
+    assert [image.native.itemText(i) for i in range(image.native.count())] == ["renamed", "rgb"]
     viewer.layers.remove("rgb")
-    assert widget.image_combo.count() == 1 and widget.image_combo.currentText() == "renamed"
+    assert len(image.choices) == 1 and image.value.name == "renamed"
 
 
 def test_values_persist_between_sessions(make_napari_viewer, checkpoint):
@@ -90,14 +92,14 @@ def test_values_persist_between_sessions(make_napari_viewer, checkpoint):
     viewer = make_napari_viewer()
     first = DDUNetWidget(viewer)
     first.load_checkpoint(checkpoint)
-    first.set_subdomain_size((64, 96))
-    first.view_check.setChecked(True)
-    first.features_check.setChecked(False)
+    first.form.subdomain_size.value = (64, 96)
+    first.form.current_view_only.value = True
+    first.form.features.value = False
     second = DDUNetWidget(viewer)
     assert second.checkpoint_path == checkpoint
-    assert second.subdomain_size() == (64, 96)
-    assert second.view_check.isChecked() and not second.features_check.isChecked()
-    assert second.devices() == ["cpu"]
+    assert second.form.subdomain_size.value == (64, 96)
+    assert second.form.current_view_only.value and not second.form.features.value
+    assert second.form.devices.value == ["cpu"]
     first.deleteLater()
     second.deleteLater()
 
@@ -106,10 +108,10 @@ def test_huge_grids_get_lines_without_index_texts(widget, checkpoint, qtbot):
     viewer = widget.viewer
     viewer.add_image(np.zeros((512, 520), np.uint8), name="many")
     widget.load_checkpoint(checkpoint)
-    widget.set_subdomain_size((8, 8))  # 64 x 65 = 4160 subdomains
+    widget.form.subdomain_size.value = (8, 8)  # 64 x 65 = 4160 subdomains
     qtbot.waitUntil(lambda: GRID_LAYER_NAME in viewer.layers and len(viewer.layers[GRID_LAYER_NAME].data) == 65 + 66)
     assert GRID_LAYER_NAME + " indices" not in viewer.layers
-    assert widget.grid_label.text().startswith("64 x 65 subdomains")
+    assert widget.form.grid.value.startswith("64 x 65 subdomains")
 
 
 def test_sample_layers_preselect_their_bundled_model(widget, checkpoint_factory, tmp_path, monkeypatch):
@@ -122,7 +124,7 @@ def test_sample_layers_preselect_their_bundled_model(widget, checkpoint_factory,
     viewer = widget.viewer
     viewer.add_image(np.zeros((80, 80), np.float32), name="sample", metadata={METADATA_MODEL: "sample_model"})
     assert widget.checkpoint_path is not None and widget.checkpoint_path.stem == "sample_model"
-    assert widget.subdomain_size() == (40, 40)
+    assert widget.form.subdomain_size.value == (40, 40)
     other = checkpoint_factory("other.pt")
     widget.load_checkpoint(other)
     viewer.add_image(np.zeros((8, 8), np.float32), name="another")  # the selected image stays: so does the model

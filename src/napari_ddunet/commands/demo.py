@@ -73,10 +73,10 @@ def setup_viewer(viewer, sample: str, checkpoint: Path):
     images = [layer for layer in viewer.layers if layer.metadata.get("ddunet_sample") == sample
               and layer.__class__.__name__ == "Image"]
     if images:
-        widget.image_combo.setCurrentText(images[0].name)
+        widget.form.image.value = images[0]
     if not widget.load_checkpoint(checkpoint, quiet=True):
         raise DemoError(f"cannot load the demo model {checkpoint}")
-    widget.grid_check.setChecked(True)
+    widget.form.show_grid.value = True
     widget.draw_grid()
     viewer.reset_view()
     if sample == "bluemarble":
@@ -86,11 +86,10 @@ def setup_viewer(viewer, sample: str, checkpoint: Path):
     return widget
 
 
-def press_run(widget, timeout_ms: int = 3_600_000) -> None:
+def press_run(widget, timeout_s: float = 3600.0) -> None:
     """Segment the whole image as the Run button would, and wait for the result (for --segment)."""
-    widget.view_check.setChecked(False)
-    widget.run()
-    widget.wait(timeout_ms=timeout_ms)
+    widget.form.current_view_only.value = False
+    widget.run_blocking(timeout_s=timeout_s)
 
 
 def _show_canvas_centre(viewer) -> None:

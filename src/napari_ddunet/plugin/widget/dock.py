@@ -125,8 +125,21 @@ class DDUNetWidget(QWidget):
                 if isinstance(layer, Image) and not layer.metadata.get("ddunet_derived")]
 
     def reset_choices(self, *_: Any) -> None:
-        """Keep the image combo in step with the viewer (layers added, removed, renamed)."""
-        self.form.image.reset_choices()
+        """Keep the image combo in step with the viewer (layers added, removed, renamed, in viewer order).
+
+        magicgui keeps the items it already has and appends new ones; when that order is not the viewer's
+        (after a rename) the items are rebuilt, the chosen layer kept without a change event.
+        """
+        field = self.form.image
+        field.reset_choices()
+        wanted = [name for name, _ in self._image_choices()]
+        if [field.native.itemText(i) for i in range(field.native.count())] != wanted:
+            chosen = field.value
+            with field.changed.blocked():
+                field.choices = ()
+                field.reset_choices()
+                if chosen in field.choices:
+                    field.value = chosen
         self._update_buttons()
 
     def image_layer(self):
@@ -219,12 +232,13 @@ class DDUNetWidget(QWidget):
     def draw_grid(self) -> None:
         """Redraw the grid over the current image (or remove it when hidden or nothing is chosen)."""
         layer = self.image_layer()
-        if layer is None or not self.form.show_grid.value or len(image_shape(layer)) < 2:
+        ya, xa = self.yx(layer) if layer is not None and len(image_shape(layer)) >= 2 else (0, 0)
+        # An RGB layer has one dimension fewer than its data: without its channel axis there is no grid.
+        if layer is None or not self.form.show_grid.value or max(ya, xa) >= layer.ndim:
             remove_grid_layers(self.viewer)
             self.form.grid.value = ""
             return
         shape = image_shape(layer)
-        ya, xa = self.yx(layer)
         size = tuple(self.form.subdomain_size.value)
         update_grid_layer(self.viewer, layer, size, (ya, xa))
         rows, cols = grid_shape((shape[ya], shape[xa]), size)
