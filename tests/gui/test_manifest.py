@@ -16,10 +16,9 @@ def test_dock_widget_from_the_plugin_menu_runs(make_napari_viewer, qtbot, checkp
     image = np.random.default_rng(5).random((64, 96)).astype(np.float32)
     viewer.add_image(image, name="img")
     assert widget.load_checkpoint(checkpoint)
-    widget.set_devices(["cpu"])
+    widget.form.devices.value = ["cpu"]
     qtbot.waitUntil(lambda: "DDU-Net subdomain grid" in viewer.layers)
-    widget.run()
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    widget.run_blocking(timeout_s=60)
     expected = segment(image, load_checkpoint(checkpoint))
     np.testing.assert_array_equal(np.asarray(viewer.layers["img DDU-Net labels"].data), expected)
     assert len(widget.show_feature_maps()) == 2

@@ -15,10 +15,9 @@ def test_screenshot_after_a_run(make_napari_viewer, qtbot, checkpoint, tmp_path)
     widget = DDUNetWidget(viewer)
     viewer.window.add_dock_widget(widget, name="DDU-Net")
     widget.load_checkpoint(checkpoint)
-    widget.set_devices(["cpu"])
-    widget.set_subdomain_size((64, 96))
-    widget.run()
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    widget.form.devices.value = ["cpu"]
+    widget.form.subdomain_size.value = (64, 96)
+    widget.run_blocking(timeout_s=60)
     widget.show_feature_maps()
     path = tmp_path / "viewer.png"
     shot = viewer.screenshot(str(path), canvas_only=False)

@@ -72,18 +72,20 @@ class DDUNetWidget(QWidget):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="")
-        self.progress.native.setFormat("idle")
+        self.progress.native.setTextVisible(False)
+        self.status = Label(value="idle")
         self.features_button = PushButton(text="Show feature maps", enabled=False)
         self.compare_button = PushButton(text="Compare without communication", enabled=False)
         self.actions = Container(widgets=[
-            self.card, self.run_button, self.cancel_button, self.progress, self.features_button, self.compare_button,
+            self.card, self.run_button, self.cancel_button, self.progress, self.status,
+            self.features_button, self.compare_button,
         ], labels=False)
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
         layout.addWidget(self.actions.native)
         layout.addStretch(1)
 
-        self.controller = RunController(self)
+        self.controller = RunController()  # not a Qt child: it outlives a closed dock until its run ends
         self.controller.started.connect(self._on_started)
         self.controller.progressed.connect(self._on_progress)
         self.controller.returned.connect(self._on_returned)
@@ -315,7 +317,7 @@ class DDUNetWidget(QWidget):
         if self.controller.running:
             self.controller.cancel()
             self.cancel_button.enabled = False
-            self.progress.native.setFormat("cancelling...")
+            self.status.value = "cancelling..."
 
     def _on_started(self, request: RunRequest) -> None:
         self._run_layer, self._run_yx = self.image_layer(), self.yx(self.image_layer())
@@ -328,8 +330,8 @@ class DDUNetWidget(QWidget):
             self.labels_layer = results.prepare_labels_layer(
                 self.viewer, self._run_layer, self._run_yx, self.model.info, multiscale
             )
-        self.progress.native.setRange(0, 0)
-        self.progress.native.setFormat("starting...")
+        self.progress.max = 0  # busy until the first event says how much there is
+        self.status.value = "starting..."
         self._update_buttons()
         self._refresh_timer.start()
 
@@ -342,10 +344,10 @@ class DDUNetWidget(QWidget):
                     self._labels_target, request.output,
                 )
         total = max(int(event.total), 1)
-        self.progress.native.setRange(0, total)
-        self.progress.native.setValue(min(int(event.done), total))
+        self.progress.max = total
+        self.progress.value = min(int(event.done), total)
         stopping = "cancelling... " if request.cancel.is_set() else ""
-        self.progress.native.setFormat(f"{stopping}{event.phase}: {event.done}/{event.total}")
+        self.status.value = f"{stopping}{event.phase}: {event.done}/{event.total}"
         if event.region is not None:
             self._dirty = True
         self.progressed.emit(event)
@@ -364,9 +366,10 @@ class DDUNetWidget(QWidget):
                 result, request.output,
             )
         state = "cancelled" if result.cancelled else "done"
-        self.progress.native.setFormat(f"{state} ({result.schedule}, {result.grid[0]}x{result.grid[1]} grid)")
+        self.status.value = f"{state} ({result.schedule}, {result.grid[0]}x{result.grid[1]} grid)"
         if not result.cancelled:
-            self.progress.native.setValue(self.progress.native.maximum())
+            self.progress.max = max(self.progress.max, 1)
+            self.progress.value = self.progress.max
 
     def _on_error(self, request: RunRequest, error: BaseException) -> None:
         if isinstance(error, DDUNetError):
@@ -374,9 +377,9 @@ class DDUNetWidget(QWidget):
         else:
             logger.error("DDU-Net run failed", exc_info=error)
             show_error(f"DDU-Net run failed: {type(error).__name__}: {error}")
-        self.progress.native.setRange(0, 1)
-        self.progress.native.setValue(0)
-        self.progress.native.setFormat("failed")
+        self.progress.max = 1
+        self.progress.value = 0
+        self.status.value = "failed"
 
     def _on_finished(self, request: RunRequest) -> None:
         self._refresh_timer.stop()

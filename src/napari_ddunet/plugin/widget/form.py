@@ -63,7 +63,7 @@ def build_form(image_choices, bundled_names: list[str], defaults: PluginDefaults
         model={"widget_type": "ComboBox", "choices": [NO_MODEL, *bundled_names], "label": "Checkpoint",
                "tooltip": "Bundled checkpoints; or open any napari-ddunet .pt file below"},
         checkpoint={"mode": "r", "filter": "*.pt", "label": "File"},
-        image={"choices": image_choices, "label": "Image layer"},
+        image={"label": "Image layer"},
         channel_axis={"widget_type": "ComboBox", "choices": [("none", None)], "label": "Channel axis",
                       "tooltip": "Axis of the image that holds channels (guessed; change it if wrong)"},
         subdomain_size={"label": "Subdomain h x w", "options": {"min": 8, "max": 1 << 16, "step": 8},
@@ -78,4 +78,7 @@ def build_form(image_choices, bundled_names: list[str], defaults: PluginDefaults
         current_view_only={"label": "Current view only (quick preview)"},
     )
     options["memory_budget_mb"]["value"] = defaults.memory_budget_mb
-    return RunForm(_ddunet_form, call_button=False, persist=True, param_options=options)
+    form = RunForm(_ddunet_form, call_button=False, persist=True, param_options=options)
+    # napari's type registration for Image lists every image layer; ours leaves out derived ones.
+    form.image.choices = image_choices
+    return form
