@@ -12,7 +12,7 @@ from napari_ddunet.core.checkpoints.bundled import bundled_models
 @pytest.fixture(autouse=True)
 def _isolated_widget_state(tmp_path, monkeypatch):
     """The demo's widget must neither read nor overwrite the user's remembered widget values."""
-    monkeypatch.setenv("NAPARI_DDUNET_WIDGET_STATE", str(tmp_path / "widget-state.json"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def test_unknown_model_fails_before_any_window(capsys):
@@ -55,10 +55,10 @@ def test_demo_viewer_is_ready_to_run(make_napari_viewer):
     widget = setup_viewer(viewer, "bluemarble", resolve_model("bluemarble", None))
     assert widget.checkpoint_path.stem == "bluemarble_ddunet_y"
     assert widget.model.info.config.communicate and widget.model.info.config.comm_features > 0
-    assert widget.image_layer().name == "Blue Marble" and widget.channel_axis() == 2
-    assert widget.subdomain_size() == tuple(widget.model.info.subdomain_size)
+    assert widget.form.image.value.name == "Blue Marble" and widget.form.channel_axis.value == 2
+    assert widget.form.subdomain_size.value == tuple(widget.model.info.subdomain_size)
     assert GRID_LAYER_NAME in viewer.layers
-    assert widget.run_button.isEnabled()
+    assert widget.run_button.enabled
 
 
 def test_demo_segment_presses_run(make_napari_viewer, tmp_path):

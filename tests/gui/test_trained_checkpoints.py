@@ -34,4 +34,4 @@ def test_checkpoint_of_every_dataset_loads_in_the_widget(widget, errors, tmp_pat
     assert not errors
     assert widget.model.config.notation == "DDU-Net(2,4,Y)"
     trained = widget.model.info.subdomain_size
-    assert widget.subdomain_size() == trained
+    assert widget.form.subdomain_size.value == trained
