@@ -70,7 +70,7 @@ def segment_iter(
 ) -> Generator[ProgressEvent, None, SegmentationResult]:
     """Segment ``image`` with ``model``; yields :class:`ProgressEvent`, returns :class:`SegmentationResult`.
 
-    See docs/engine.md and ENGINE_API.md. Beyond the contract: ``logits=True`` also keeps the raw logits
+    See docs/engine.md. Beyond the contract: ``logits=True`` also keeps the raw logits
     (compute dtype), ``schedule`` forces one of :data:`SCHEDULES` instead of choosing by ``memory_budget``,
     and ``distributed`` is a :class:`~napari_ddunet.core.inference.distributed.DistContext`
     (set by the CLI under torchrun).
