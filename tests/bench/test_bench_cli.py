@@ -76,7 +76,7 @@ def test_gui_quick_prints_the_ratios(tmp_path) -> None:
         if shutil.which("xvfb-run") is None:
             pytest.skip("needs a display or xvfb-run")
         command = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", *command]
-    env = {**os.environ, "NAPARI_DDUNET_WIDGET_STATE": str(tmp_path / "state.json")}
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # magicgui keeps remembered values there
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout[done.stdout.index("{"):])

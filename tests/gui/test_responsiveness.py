@@ -47,8 +47,8 @@ def test_engine_runs_off_the_gui_thread_and_refreshes_are_coalesced(
     image = np.random.default_rng(0).random((4096, 4096), dtype=np.float32)
     viewer.add_image(image, name="big")
     widget.load_checkpoint(checkpoint_factory("m.pt", depth=2, base=2, features=4, subdomain=(256, 256)))
-    widget.set_devices(["cpu"])
-    widget.features_check.setChecked(False)
+    widget.form.devices.value = ["cpu"]
+    widget.form.features.value = False
     qtbot.wait(200)  # let the grid draw before measuring
 
     ticks: list[float] = []
@@ -56,10 +56,11 @@ def test_engine_runs_off_the_gui_thread_and_refreshes_are_coalesced(
     timer = QTimer()
     timer.setInterval(50)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    widget.progressed.connect(lambda e: writes.append(e.done) if e.phase == "write" else None)
+    controller = widget.controller
+    controller.progressed.connect(lambda _request, e: writes.append(e.done) if e.phase == "write" else None)
     timer.start()
     started = time.perf_counter()
-    widget.run()
+    assert widget.run() is not None
     layer = widget.labels_layer
     refreshes: list[float] = []
     real_refresh = layer.refresh
@@ -69,11 +70,11 @@ def test_engine_runs_off_the_gui_thread_and_refreshes_are_coalesced(
         return real_refresh(*args, **kwargs)
 
     monkeypatch.setattr(layer, "refresh", counting_refresh)
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=300_000)
+    qtbot.waitUntil(lambda: not controller.running, timeout=300_000)
     elapsed = time.perf_counter() - started
     timer.stop()
 
-    assert not widget.result.cancelled and max(writes) == 16 * 16  # every subdomain arrived live
+    assert not controller.result.cancelled and max(writes) == 16 * 16  # every subdomain arrived live
     assert engine_threads and threading.main_thread().ident not in engine_threads
     # at most one refresh per timer period, plus the final one: never one per write
     assert 1 <= len(refreshes) <= elapsed * 1000 / REFRESH_MS + 2

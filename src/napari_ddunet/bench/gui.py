@@ -99,55 +99,61 @@ def measure(image: np.ndarray, name: str, checkpoint: str, devices: tuple[str, .
     from napari_ddunet.core.checkpoints.format import load_checkpoint
     from napari_ddunet.core.inference import engine
     from napari_ddunet.plugin.widget import DDUNetWidget
+    from napari_ddunet.plugin.widget.results import labels_name
 
     viewer = napari.Viewer(show=True)
     try:
         widget = DDUNetWidget(viewer)
+        form = widget.form
+        form.persist = False  # the benchmark's settings are not the user's remembered preferences
         viewer.window.add_dock_widget(widget, name="DDU-Net")
         viewer.add_image(image, name="bench", rgb=image.ndim == 3 and image.shape[-1] in (3, 4))
         if not widget.load_checkpoint(checkpoint, quiet=True):
             raise RuntimeError(f"the widget could not load {checkpoint}")
-        widget.set_devices(list(devices))
-        widget.features_check.setChecked(False)
-        widget.view_check.setChecked(False)  # the whole image, whatever the remembered state says
-        widget.budget_spin.setValue(budget_mib)
-        widget.output_edit.setText("")
+        form.devices.value = list(devices)
+        form.features.value = False
+        form.current_view_only.value = False  # the whole image, whatever the remembered state says
+        form.memory_budget_mb.value = budget_mib
+        form.output.value = ""
         for _ in range(50):
             QCoreApplication.processEvents()
-        request: dict[str, Any] = {"subdomain_size": widget.subdomain_size(), "devices": tuple(devices),
-                                   "channel_axis": widget.channel_axis()}
+        request: dict[str, Any] = {"subdomain_size": tuple(form.subdomain_size.value), "devices": tuple(devices),
+                                   "channel_axis": form.channel_axis.value}
         if budget_mib:
             request["memory_budget"] = budget_mib * 2**20
         model = load_checkpoint(checkpoint)
         _headless_seconds(image[:256, :256], model, {**request, "subdomain_size": None})  # warm-up
         headless = _headless_seconds(image, model, request)
 
+        controller = widget.controller
         ticks: list[float] = []
         events: list[Any] = []
         threads: list[str] = []
         probe = QTimer()
         probe.setInterval(TICK_MS)
         probe.timeout.connect(lambda: ticks.append(time.perf_counter()))
-        widget.progressed.connect(events.append)
+        controller.progressed.connect(lambda _request, event: events.append(event))
         original = _record_engine_threads(threads)
+        refreshes, restore_refresh = _count_refreshes(labels_name(widget.image_layer()))
         try:
             probe.start()
             for _ in range(5):
                 QCoreApplication.processEvents()
             start = time.perf_counter()
-            widget.run()
+            if widget.run() is None:
+                raise RuntimeError("the widget did not start the run")
             click = time.perf_counter() - start
-            refreshes = _count_refreshes(widget.labels_layer)
-            widget.wait(int(timeout_s * 1000))
+            controller.wait(timeout_s)
             elapsed = time.perf_counter() - start
             probe.stop()
         finally:
             engine.segment_iter = original
-        if widget.worker is not None:
+            restore_refresh()
+        if controller.running:
             widget.cancel()
             raise RuntimeError(f"the widget's run did not finish within {timeout_s:.0f} s")
-        if widget.result is None or widget.result.cancelled:
-            raise RuntimeError("the widget's run failed or was cancelled")
+        if controller.result is None or controller.result.cancelled:
+            raise RuntimeError(f"the widget's run failed or was cancelled: {controller.error!r}")
         gaps = np.diff([start, *[t for t in ticks if t >= start]]) * 1000
         return GuiReport(
             image=name, shape=tuple(image.shape), checkpoint=str(checkpoint), devices=tuple(devices),
@@ -160,17 +166,27 @@ def measure(image: np.ndarray, name: str, checkpoint: str, devices: tuple[str, .
         viewer.close()
 
 
-def _count_refreshes(layer: Any) -> list[int]:
-    """A one-element counter that the layer's ``refresh`` increments (the list is updated in place)."""
+def _count_refreshes(layer_name: str) -> tuple[list[int], Any]:
+    """Count ``refresh`` calls of the Labels layer named ``layer_name``, whichever instance the widget makes.
+
+    Returns a one-element counter (updated in place) and the function that restores ``Labels.refresh``.
+    """
+    from napari.layers import Labels
+
     count = [0]
-    refresh = layer.refresh
+    refresh = Labels.refresh
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        count[0] += 1
-        return refresh(*args, **kwargs)
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.name == layer_name:
+            count[0] += 1
+        return refresh(self, *args, **kwargs)
 
-    layer.refresh = counting
-    return count
+    Labels.refresh = counting
+
+    def restore() -> None:
+        Labels.refresh = refresh
+
+    return count, restore
 
 
 def format_report(report: GuiReport) -> str:
