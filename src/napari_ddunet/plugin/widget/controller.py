@@ -9,11 +9,8 @@ same path, waited for, for scripts, ``napari-ddunet demo`` and the tests.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
-import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -29,8 +26,6 @@ logger = logging.getLogger(__name__)
 
 #: Runs over more pixels than this write to a temporary zarr store instead of memory.
 IN_MEMORY_PIXELS = 4096 * 4096
-#: Nice value of the worker thread (Linux): background work yields the CPU to the GUI thread.
-WORKER_NICE = 10
 
 
 def temporary_store() -> str:
@@ -50,18 +45,14 @@ def output_for(requested: str | None, run_yx: tuple[int, int]) -> str | None:
     return temporary_store() if run_yx[0] * run_yx[1] > IN_MEMORY_PIXELS else None
 
 
-def _lower_thread_priority() -> None:
-    """Run this worker thread, and the threads the engine starts from it, at a lower CPU priority (Linux)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
-
-
 def _engine_events(image: Any, model: Any, **kwargs: Any):
-    """The engine's generator, run at low priority, with its progress events thinned out for the GUI."""
+    """The engine's generator with its progress events thinned out for the GUI.
+
+    It runs at the GUI's priority: a niced worker made runs 1.4x slower under load without a more
+    responsive GUI (docs/benchmarks.md, bench --gui).
+    """
     from napari_ddunet.core.inference.engine import segment_iter
 
-    _lower_thread_priority()
     return (yield from coalesce_events(segment_iter(image, model, **kwargs)))
 
 
