@@ -73,7 +73,7 @@ def test_demo_segment_presses_run(make_napari_viewer, tmp_path):
     path = save_checkpoint(tmp_path / "tiny.pt", DDUNet(config), subdomain_size=(32, 32))
     viewer = make_napari_viewer()
     widget = setup_viewer(viewer, "synthetic_strip", resolve_model("synthetic_strip", str(path)))
-    press_run(widget, timeout_ms=120_000)
+    press_run(widget, timeout_s=120)
     labels = [layer for layer in viewer.layers if layer.__class__.__name__ == "Labels" and layer.visible]
     assert len(labels) == 1 and labels[0].data.shape == (32, 256)
-    assert widget.result is not None and widget.result.grid == (1, 8)
+    assert widget.controller.result is not None and widget.controller.result.grid == (1, 8)

@@ -45,7 +45,7 @@ def _ddunet_form(
     subdomain_size: tuple[int, int] = (256, 256),
     show_grid: bool = True,
     grid: str = "",
-    devices: list[str] | None = None,
+    devices: list[str] = ["cpu"],  # noqa: B006 (a default for the form, never mutated)
     output: str = "",
     memory_budget_mb: int = 0,
     features: bool = True,
