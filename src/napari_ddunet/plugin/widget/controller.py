@@ -142,8 +142,10 @@ class RunController(QObject):
         worker.errored.connect(lambda error: self._on_error(request, error))
         worker.finished.connect(lambda: self._on_finished(request))
         self.worker = worker
-        self.started.emit(request)
+        # The engine starts first: the ~1 s napari needs to build the result layer in ``started``
+        # then overlaps the run instead of delaying it (worker events queue behind that handler).
         worker.start()
+        self.started.emit(request)
         return True
 
     def run_blocking(self, request: RunRequest, timeout_s: float = 3600.0):

@@ -51,6 +51,10 @@ def image_shape(layer) -> tuple[int, ...]:
     return tuple(layer.data[0].shape if layer.multiscale else layer.data.shape)
 
 
+#: Height of the scrolling model card: enough for its architecture and classes at a glance.
+CARD_HEIGHT_PX = 300
+
+
 class DDUNetWidget(QWidget):
     """Dock widget: ``form`` (magicgui), ``controller`` (runs), model card, buttons and progress."""
 
@@ -69,6 +73,10 @@ class DDUNetWidget(QWidget):
         self.form = build_form(self._image_choices, list(bundled_models()), _settings.plugin_defaults())
         self.card = Label(value="No checkpoint loaded.")
         self.card.native.setWordWrap(True)
+        # A card with full provenance is long: it scrolls instead of stretching the dock off the screen.
+        self.card_box = Container(widgets=[self.card], labels=False, scrollable=True)
+        self.card_box.native.setMinimumHeight(CARD_HEIGHT_PX)
+        self.card_box.native.setMaximumHeight(CARD_HEIGHT_PX)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="")
@@ -77,7 +85,7 @@ class DDUNetWidget(QWidget):
         self.features_button = PushButton(text="Show feature maps", enabled=False)
         self.compare_button = PushButton(text="Compare without communication", enabled=False)
         self.actions = Container(widgets=[
-            self.card, self.run_button, self.cancel_button, self.progress, self.status,
+            self.card_box, self.run_button, self.cancel_button, self.progress, self.status,
             self.features_button, self.compare_button,
         ], labels=False)
         layout = QVBoxLayout(self)

@@ -72,7 +72,7 @@ def build_form(image_choices, bundled_names: list[str], defaults: PluginDefaults
         grid={"widget_type": "Label", "label": "Grid"},
         devices={"widget_type": "Select", "choices": device_choices, "value": ticked, "label": "Devices"},
         output={"label": "Output", "tooltip": "optional .zarr (default: memory, or a temp store for big images)"},
-        memory_budget_mb={"label": "Memory budget (MiB)", "min": 0, "max": 1 << 20, "step": 256,
+        memory_budget_mb={"label": "Memory budget (MiB, 0 = auto)", "min": 0, "max": 1 << 20, "step": 256,
                           "tooltip": "Memory a run may use; 0: the engine decides (default: Preferences)"},
         features={"label": "Keep feature maps", "value": defaults.features},
         current_view_only={"label": "Current view only (quick preview)"},
