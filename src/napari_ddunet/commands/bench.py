@@ -190,7 +190,9 @@ def run(args: argparse.Namespace) -> int:
         roofline = []
         for dev in device_types:
             for dtype in ("float32", "bf16"):
-                rate = matmul_rate(dtype, "cuda:0" if dev == "cuda" else "cpu", seconds=0.3 if args.quick else 1.0)
+                # --quick is a smoke run: 512^2 matmuls, since CPUs without bf16 units take minutes on 2048^2 in bf16
+                rate = matmul_rate(dtype, "cuda:0" if dev == "cuda" else "cpu", seconds=0.3 if args.quick else 1.0,
+                                   size=512 if args.quick else None)
                 roofline.append({**rate.__dict__, "megapixels_per_s": rate.gflops * 1e3 / flops.conv_flops_per_pixel})
         report["roofline"] = roofline
         results = []
