@@ -72,3 +72,21 @@ def test_rgb_layer_with_a_leading_singleton_runs(widget, checkpoint_factory, qtb
     result = widget.run_blocking(timeout_s=60)
     assert result is not None and not result.cancelled
     assert np.asarray(widget.viewer.layers["rgb DDU-Net labels"].data).shape == (40, 48)
+
+
+def test_run_click_reuses_the_result_layer_built_before_it(widget, checkpoint, qtbot):
+    """The Labels layer (about half a second of GUI time to build) exists, hidden, once an image and a model
+    are chosen; the Run click adds no layer, it shows that one and points it at the engine's labels."""
+    image = np.random.default_rng(3).random((64, 96)).astype(np.float32)
+    widget.viewer.add_image(image, name="img")
+    assert widget.load_checkpoint(checkpoint)
+    qtbot.waitUntil(lambda: "img DDU-Net labels" in widget.viewer.layers, timeout=5_000)
+    prebuilt = widget.viewer.layers["img DDU-Net labels"]
+    assert not prebuilt.visible
+    inserted: list = []
+    widget.viewer.layers.events.inserted.connect(lambda event: inserted.append(event.value))
+    assert widget.run() is not None
+    assert inserted == [] and widget.labels_layer is prebuilt and prebuilt.visible
+    qtbot.waitUntil(lambda: not widget.controller.running, timeout=60_000)
+    assert not widget.controller.result.cancelled
+    np.testing.assert_array_equal(np.asarray(prebuilt.data), widget.controller.result.labels)

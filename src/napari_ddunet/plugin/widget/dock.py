@@ -25,7 +25,7 @@ from napari_ddunet.plugin import settings as _settings
 from napari_ddunet.plugin.grid_layer import GRID_LAYER_NAME, grid_shape, remove_grid_layers, update_grid_layer
 from napari_ddunet.plugin.live import expects_multiscale, visible_region
 from napari_ddunet.plugin.widget import results
-from napari_ddunet.plugin.widget.controller import RunController, RunRequest
+from napari_ddunet.plugin.widget.controller import IN_MEMORY_PIXELS, RunController, RunRequest
 from napari_ddunet.plugin.widget.form import NO_MODEL, build_form
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,8 @@ class DDUNetWidget(QWidget):
         self._grid_timer.timeout.connect(self.draw_grid)
         self._refresh_timer = QTimer(self, interval=REFRESH_MS)
         self._refresh_timer.timeout.connect(self._refresh_labels)
+        self._prebuild_timer = QTimer(self, singleShot=True, interval=0)
+        self._prebuild_timer.timeout.connect(self.prebuild_result_layer)
 
         form = self.form
         form.model.changed.connect(self._on_model_chosen)
@@ -189,6 +191,7 @@ class DDUNetWidget(QWidget):
         self._guess_channel_axis()
         self._update_buttons()
         self._schedule_grid()
+        self._prebuild_timer.start()
         return True
 
     # -------------------------------------------------------------- image
@@ -203,6 +206,7 @@ class DDUNetWidget(QWidget):
         self._guess_channel_axis()
         self._schedule_grid()
         self._update_buttons()
+        self._prebuild_timer.start()
 
     def _preselect_model(self, layer) -> None:
         """Load the bundled model a sample layer names (``layer.metadata``) when a new image is chosen."""
@@ -267,6 +271,31 @@ class DDUNetWidget(QWidget):
         self.viewer.layers[name].visible = bool(pixels.min() * self.viewer.camera.zoom >= MIN_INDEX_SCREEN_PX)
 
     # ---------------------------------------------------------------- run
+    def _expects_multiscale(self, request_output: str | None, run_yx: tuple[int, int]) -> bool:
+        return expects_multiscale(run_yx, tuple(self.form.subdomain_size.value), self.model.config.downsampling,
+                                  request_output)
+
+    def prebuild_result_layer(self) -> None:
+        """Build the chosen image's result layer now, hidden, so that the Run click only reuses it.
+
+        Building a Labels layer's visuals blocks the GUI for about half a second (docs/benchmarks.md,
+        bench --gui); here that happens while the user is choosing, not after the click.
+        """
+        layer = self.image_layer()
+        if layer is None or self.model is None or self.controller.running:
+            return
+        if any(other.name == results.labels_name(layer) for other in self.viewer.layers):
+            return
+        run_yx, shape = self.yx(layer), image_shape(layer)
+        if max(run_yx) >= min(layer.ndim, len(shape)):
+            return
+        yx = (shape[run_yx[0]], shape[run_yx[1]])
+        output = self.form.output.value.strip() or (
+            "store" if yx[0] * yx[1] > IN_MEMORY_PIXELS else None)
+        self.labels_layer = results.prepare_labels_layer(
+            self.viewer, layer, run_yx, self.model.info, self._expects_multiscale(output, yx), visible=False
+        )
+
     def _update_buttons(self) -> None:
         running = self.controller.running
         ready = self.model is not None and self.image_layer() is not None
@@ -331,9 +360,8 @@ class DDUNetWidget(QWidget):
         self._run_layer, self._run_yx = self.image_layer(), self.yx(self.image_layer())
         self._labels_target = None
         if request.kind == "main":
-            multiscale = expects_multiscale(
-                request.run_yx() if request.region is not None else request.image_yx,
-                request.subdomain_size, self.model.config.downsampling, request.output,
+            multiscale = self._expects_multiscale(
+                request.output, request.run_yx() if request.region is not None else request.image_yx
             )
             self.labels_layer = results.prepare_labels_layer(
                 self.viewer, self._run_layer, self._run_yx, self.model.info, multiscale

@@ -25,11 +25,12 @@ def raise_grid(viewer) -> None:
             viewer.layers.move(viewer.layers.index(name), len(viewer.layers))
 
 
-def prepare_labels_layer(viewer, image_layer, yx: tuple[int, int], info: Any, multiscale: bool):
-    """Create (or reuse) the result layer before the engine starts, holding an empty placeholder.
+def prepare_labels_layer(viewer, image_layer, yx: tuple[int, int], info: Any, multiscale: bool,
+                         visible: bool = True):
+    """Create (or reuse) the result layer, holding an empty placeholder until a run points it at its labels.
 
-    napari needs about a second to build a new Labels layer's visuals; doing it at the click keeps that
-    pause out of the run.
+    napari needs about half a second to build a new Labels layer's visuals, so the dock builds it hidden
+    as soon as an image and a model are chosen (``visible=False``), and the Run click only reuses it.
     """
     name = labels_name(image_layer)
     empty = np.zeros((1, 1), np.uint8)
@@ -42,12 +43,14 @@ def prepare_labels_layer(viewer, image_layer, yx: tuple[int, int], info: Any, mu
         if existing is not None:
             viewer.layers.remove(existing)
         layer = viewer.add_labels(
-            placeholder, name=name, multiscale=multiscale, opacity=0.6, metadata={"ddunet_derived": True}
+            placeholder, name=name, multiscale=multiscale, opacity=0.6, visible=visible,
+            metadata={"ddunet_derived": True},
         )
     layer.colormap = label_colormap(info.class_colors)
     layer.features = {"index": list(range(len(info.class_names))), "class": list(info.class_names)}
     layer.scale = np.asarray(image_layer.scale)[list(yx)]
     layer.translate = np.asarray(image_layer.translate)[list(yx)]
+    layer.visible = visible
     raise_grid(viewer)
     return layer
 
