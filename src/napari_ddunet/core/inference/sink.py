@@ -125,6 +125,7 @@ class Sink:
                     self.arrays[name] = root[name]
             except KeyError as error:
                 raise OutputError(f"cannot resume: {path} lacks {error}; use overwrite instead") from None
+            _check_chunk_ownership(path, specs, self.arrays)
             self.root = root
             self.meta = stored
             return
@@ -227,6 +228,20 @@ class Sink:
     def load_bottleneck(self, row: int, col: int) -> np.ndarray:
         hb, wb = self.plan.bottleneck_tile
         return np.asarray(self.arrays["_work/bottleneck"][:, row * hb:(row + 1) * hb, col * wb:(col + 1) * wb])
+
+
+def _check_chunk_ownership(path: Path, specs: dict[str, tuple[tuple[int, ...], tuple[int, ...], np.dtype]],
+                           arrays: dict[str, Any]) -> None:
+    """Every writer (thread, device worker, torchrun rank) owns whole chunks only if each array is chunked
+    by whole subdomains, as :class:`Sink` creates it; a reopened store chunked otherwise would let two
+    writers read-modify-write one chunk and lose one's pixels, so it is refused."""
+    for name, (shape, chunks, _) in specs.items():
+        found = arrays[name]
+        if tuple(found.shape) != shape or tuple(found.chunks) != chunks:
+            raise OutputError(
+                f"cannot resume {path}: {name} has shape {tuple(found.shape)} in chunks {tuple(found.chunks)}, "
+                f"this run writes shape {shape} in chunks of one subdomain {chunks}; use overwrite instead"
+            )
 
 
 def _runs(cols: list[int]) -> list[tuple[int, int, int]]:
