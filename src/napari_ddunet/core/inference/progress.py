@@ -10,7 +10,9 @@ stage step and returns a ``SegmentationResult``. Every event carries the same co
 
 The first event is ``prepare`` (it carries ``outputs``, the arrays being filled), the last one ``done``
 or ``cancelled``. A ``write`` event carries the image ``region`` (y0, y1, x0, x1) it just wrote, so a
-viewer can refresh only that part. ``message`` is free text for people.
+viewer can refresh only that part; for a stack, ``plane`` names the plane (its indices along the
+leading t/z axes), and ``done/total`` count the subdomains of every plane of the run. ``message`` is free
+text for people.
 
 Consumers call :func:`drive` instead of writing their own ``next()`` loop.
 """
@@ -49,6 +51,7 @@ class ProgressEvent:
     outputs: Mapping[str, Any] | None = None
     region: tuple[int, int, int, int] | None = None
     message: str = ""
+    plane: tuple[int, ...] | None = None   # a stack's plane (its leading indices) the event is about
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phase", Phase(self.phase))   # a plain string becomes its Phase (or raises)

@@ -1,0 +1,213 @@
+"""Stacks: a 2D model on Z, T, TZ and TCZYX data, plane by plane (issue 11 item 3).
+
+Every plane of a stack must be exactly the 2D engine's result on that plane (float64, bit for bit), the
+store must carry the stack's leading axes with their OME-Zarr names, types and spacing, and a stopped
+run must resume at the plane and subdomain where it stopped.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from napari_ddunet import save_checkpoint, segment
+from napari_ddunet.cli import main
+from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.inference.engine import segment_iter
+from napari_ddunet.core.inference.sink import open_output
+from napari_ddunet.core.inference.stack import PlaneView, open_stack, parse_axes
+
+SUB = (16, 16)
+F64 = {"subdomain_size": SUB, "dtype": torch.float64}
+
+
+def _planes(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A stack of natural images (skimage's camera, moon, coins, ... crops), one per plane, in [0, 1]."""
+    from skimage import data
+
+    pictures = [data.camera(), data.moon(), data.coins(), data.page(), data.text()]
+    *lead, height, width = shape
+    planes = []
+    for i in range(int(np.prod(lead))):
+        picture = pictures[(i + seed) % len(pictures)]
+        y, x = 7 * i % (picture.shape[0] - height), 11 * i % (picture.shape[1] - width)
+        planes.append(picture[y:y + height, x:x + width] / 255.0)
+    return np.stack(planes).reshape(shape)
+
+
+def _plane_by_plane(model, stack: np.ndarray, lead: int, **kwargs) -> np.ndarray:
+    """The reference: the 2D engine on each plane alone."""
+    out = None
+    for index in np.ndindex(*stack.shape[:lead]):
+        labels = segment(stack[index], model, **kwargs)
+        out = np.zeros(stack.shape[:lead] + labels.shape, labels.dtype) if out is None else out
+        out[index] = labels
+    return out
+
+
+def _ome_zarr(path, data: np.ndarray, axes: list[tuple[str, str]], scale: list[float]) -> None:
+    root = zarr.open_group(str(path), mode="w")
+    root.create_array("0", data=data, chunks=(1,) * (data.ndim - 2) + (32, 32))
+    root.attrs["ome"] = {"version": "0.5", "multiscales": [{
+        "axes": [{"name": n, "type": t} for n, t in axes],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+    }]}
+
+
+@pytest.mark.parametrize("schedule", ["monolithic", "wavefront", "recompute"])
+def test_z_stack_is_the_2d_engine_on_every_plane(make_model, schedule):
+    model = make_model()
+    stack = _planes((3, 40, 48))
+    result = segment(stack, model, axes="ZYX", schedule=schedule, probabilities=True, return_result=True, **F64)
+    assert result.labels.shape == (3, 40, 48) and result.probabilities.shape == (3, 3, 40, 48)
+    for z in range(3):
+        plane = segment(stack[z], model, schedule=schedule, probabilities=True, return_result=True, **F64)
+        assert np.array_equal(result.labels[z], plane.labels)
+        assert np.array_equal(result.probabilities[z], plane.probabilities)
+    assert len(np.unique(result.labels)) > 1
+
+
+def test_ome_zarr_z_stack_through_the_cli(make_model, tmp_path):
+    """The defect: a ZYX OME-Zarr was refused with a --channel-axis hint. Now: labels (Z, Y, X) chunked one
+    plane by one subdomain, axes named with their types and the z spacing kept."""
+    model = make_model()
+    stack = _planes((4, 40, 48))
+    _ome_zarr(tmp_path / "in.ome.zarr", stack, [("z", "space"), ("y", "space"), ("x", "space")], [2.5, 1.0, 1.0])
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, subdomain_size=SUB)
+    out = tmp_path / "out.zarr"
+    assert main(["predict", str(ckpt), str(tmp_path / "in.ome.zarr"), str(out), "--float64", "--quiet"]) == 0
+    store = open_output(out)
+    labels = np.asarray(store["labels"])
+    assert labels.shape == (4, 40, 48) and store["labels"].chunks == (1, 16, 16)
+    assert np.array_equal(labels, _plane_by_plane(model, stack, 1, **F64))
+    entry = dict(zarr.open_group(str(out / "labels")).attrs)["ome"]["multiscales"][0]
+    assert [(a["name"], a["type"]) for a in entry["axes"]] == [("z", "space"), ("y", "space"), ("x", "space")]
+    for dataset in entry["datasets"]:
+        scale = next(t["scale"] for t in dataset["coordinateTransformations"] if t["type"] == "scale")
+        assert scale[0] == 2.5 and len(scale) == 3
+    assert store["attrs"]["complete"] and store["attrs"]["stack"] == {"axes": ["z"], "shape": [4]}
+    assert np.asarray(store["done"]).shape == (4, 3, 3)
+
+
+def test_tczyx_stack_with_channels(make_model, tmp_path):
+    """TCZYX into a 2-band model: labels (T, Z, Y, X), t typed "time", each (t, z) plane's CYX bands fed."""
+    model = make_model(in_channels=2)
+    stack = _planes((2, 2, 3, 32, 32))
+    out = tmp_path / "out.zarr"
+    result = segment(stack, model, axes="TCZYX", output=str(out), return_result=True, **F64)
+    assert result.labels.shape == (2, 3, 32, 32)
+    for t in range(2):
+        for z in range(3):
+            assert np.array_equal(np.asarray(result.labels[t, z]), segment(stack[t, :, z], model, **F64))
+    entry = dict(zarr.open_group(str(out / "labels")).attrs)["ome"]["multiscales"][0]
+    assert [(a["name"], a["type"]) for a in entry["axes"]] == [
+        ("t", "time"), ("z", "space"), ("y", "space"), ("x", "space")]
+    assert zarr.open_array(str(out / "labels" / "0")).metadata.dimension_names == ("t", "z", "y", "x")
+
+
+def test_imagej_tiff_z_stack(make_model, tmp_path):
+    """ImageJ hyperstacks name their axes (ZYX); the file's uint8 planes go through unchanged."""
+    model = make_model()
+    stack = (_planes((3, 40, 40), seed=2) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "z.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    labels = segment(str(tmp_path / "z.tif"), model, **F64)
+    assert np.array_equal(labels, _plane_by_plane(model, stack, 1, **F64))
+
+
+def test_time_series_resumes_at_the_plane_and_subdomain_where_it_stopped(make_model, tmp_path):
+    """TZYX, cancelled in the middle of its third plane, then resumed: equal to an uninterrupted run, no
+    plane or subdomain computed twice, and done/total one monotonic count over all planes."""
+    model = make_model()
+    stack = _planes((2, 2, 64, 48))   # 4 x 3 subdomains per plane
+    full = segment(stack, model, axes="TZYX", schedule="wavefront", **F64)
+    out = tmp_path / "out.zarr"
+    cancel = threading.Event()
+    seen = []
+
+    def stop_in_third_plane(event):
+        seen.append(event)
+        if event.phase == "write" and event.plane == (1, 0) and event.done == 2 * 12 + 1:
+            cancel.set()
+
+    first = segment(stack, model, axes="TZYX", schedule="wavefront", output=str(out), cancel=cancel,
+                    progress=stop_in_third_plane, return_result=True, **F64)
+    assert first.cancelled
+    done = np.asarray(open_output(out)["done"], dtype=bool)
+    assert done[0, 0].all() and done[0, 1].all() and not done[1, 1].any() and 0 < done[1, 0].sum() < 12
+    assert [e.done for e in seen] == sorted(e.done for e in seen) and {e.total for e in seen} == {48}
+    stopped = int(done.sum())
+    events = []
+    resumed = segment(stack, model, axes="TZYX", schedule="wavefront", output=str(out), resume=True,
+                      progress=events.append, return_result=True, **F64)
+    assert not resumed.cancelled and events[0].done == stopped and events[-1].done == 48
+    writes = [e for e in events if e.phase == "write"]
+    assert len(writes) == 48 - stopped and {e.plane for e in writes} == {(1, 0), (1, 1)}
+    assert np.array_equal(np.asarray(resumed.labels), full)
+    assert open_output(out)["attrs"]["complete"]
+
+
+def test_planes_choose_what_runs(make_model):
+    """``planes`` computes only those planes (the widget's "current plane"); the others stay 0."""
+    model = make_model()
+    stack = _planes((4, 32, 32))
+    events = []
+    labels = segment(stack, model, axes="ZYX", planes=[2], progress=events.append, **F64)
+    assert labels.shape == (4, 32, 32) and events[-1].total == 4
+    assert np.array_equal(labels[2], segment(stack[2], model, **F64))
+    assert not labels[[0, 1, 3]].any()
+
+
+def test_two_d_images_keep_their_store_layout(make_model, tmp_path):
+    """Unit t/z axes are no stack: the store is the 2D one it always was (old stores resume)."""
+    model = make_model()
+    image = _planes((1, 1, 32, 48))
+    _ome_zarr(tmp_path / "in.ome.zarr", image, [("t", "time"), ("z", "space"), ("y", "space"), ("x", "space")],
+              [1.0, 1.0, 1.0, 1.0])
+    out = tmp_path / "out.zarr"
+    segment(str(tmp_path / "in.ome.zarr"), model, output=str(out), **F64)
+    store = open_output(out)
+    assert store["labels"].shape == (32, 48) and "stack" not in store["attrs"]
+    assert zarr.open_array(str(out / "_work" / "done")).metadata.dimension_names == ("row", "col")
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"axes": "ZYXQ"}, "axes='ZYXQ' does not describe"),
+    ({"axes": "ZXY"}, "Y before X"),
+    ({"axes": "ZYX", "planes": [5]}, "plane 5 is not in the stack"),
+    ({"axes": "ZYX", "channel_axis": 0}, "whose entries are planes"),
+    ({}, "--axes ZYX"),
+])
+def test_bad_stack_requests_are_one_line_before_any_output(make_model, tmp_path, kwargs, needle):
+    out = tmp_path / "out.zarr"
+    with pytest.raises(DDUNetError) as caught:
+        next(segment_iter(_planes((3, 32, 32)), make_model(), output=str(out), **F64, **kwargs))
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+    assert not out.exists()
+
+
+def test_ambiguous_three_d_without_axes_keeps_the_channel_rule(make_model):
+    """(3, H, W) into a 3-band model is still CYX, not a stack."""
+    model = make_model(in_channels=3)
+    image = _planes((3, 32, 32))
+    assert segment(image, model, **F64).shape == (32, 32)
+
+
+def test_plane_view_reads_and_writes_one_plane_lazily(tmp_path):
+    base = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=(2, 3, 4, 5), chunks=(1, 1, 4, 5), dtype="u1")
+    view = PlaneView(base, {0: 1, 2: 3})
+    assert view.shape == (3, 5) and view.chunks == (1, 5)
+    view[1:, 2:4] = 7
+    assert np.asarray(base[1, 1:, 3, 2:4]).tolist() == [[7, 7], [7, 7]] and int(np.asarray(base).sum()) == 28
+    assert np.asarray(view[...]).shape == (3, 5) and np.asarray(view).sum() == 28
+
+
+def test_axes_parse_and_file_axes():
+    assert parse_axes("tczyx", (1, 2, 3, 4, 5)) == ["t", "c", "z", "y", "x"]
+    _, stack = open_stack(np.zeros((3, 2, 8, 8)), "ZCYX")
+    assert stack.names == ("z",) and stack.shape == (3,) and stack.channel_axis(1) == 0
+    assert open_stack(np.zeros((8, 8)))[1] is None
