@@ -111,12 +111,17 @@ def test_tczyx_stack_with_channels(make_model, tmp_path):
 
 
 def test_imagej_tiff_z_stack(make_model, tmp_path):
-    """ImageJ hyperstacks name their axes (ZYX); the file's uint8 planes go through unchanged."""
+    """ImageJ hyperstacks name their axes (ZYX) and their z spacing: the labels keep both."""
     model = make_model()
     stack = (_planes((3, 40, 40), seed=2) * 255).astype(np.uint8)
-    tifffile.imwrite(tmp_path / "z.tif", stack, imagej=True, metadata={"axes": "ZYX"})
-    labels = segment(str(tmp_path / "z.tif"), model, **F64)
-    assert np.array_equal(labels, _plane_by_plane(model, stack, 1, **F64))
+    tifffile.imwrite(tmp_path / "z.tif", stack, imagej=True, resolution=(1 / 0.65, 1 / 0.65),
+                     metadata={"axes": "ZYX", "spacing": 2.5, "unit": "um"})
+    out = tmp_path / "out.zarr"
+    labels = segment(str(tmp_path / "z.tif"), model, output=str(out), **F64)
+    assert np.array_equal(np.asarray(labels), _plane_by_plane(model, stack, 1, **F64))
+    entry = dict(zarr.open_group(str(out / "labels")).attrs)["ome"]["multiscales"][0]
+    assert entry["axes"][0] == {"name": "z", "type": "space", "unit": "micrometer"}
+    assert entry["datasets"][0]["coordinateTransformations"][0]["scale"][0] == 2.5
 
 
 def test_time_series_resumes_at_the_plane_and_subdomain_where_it_stopped(make_model, tmp_path):

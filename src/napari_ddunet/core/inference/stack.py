@@ -97,20 +97,17 @@ class Stack:
     def shape(self) -> tuple[int, ...]:
         return tuple(int(self.opened.array.shape[i]) for i in self.positions)
 
-    @property
-    def scale(self) -> tuple[float, ...]:
-        """The spacing of the leading axes as the file records it (1 each where it records none)."""
+    def leading_calibration(self) -> list[tuple[str, float, float, str | None]]:
+        """(name, spacing, origin, unit) of each leading axis, from the file's calibration (OME-Zarr
+        coordinate transformations, OME-TIFF, ImageJ) or, for an older record, its scale; 1 px at 0 otherwise."""
+        calibration = getattr(self.opened, "calibration", None)
+        if calibration is not None:
+            lead = calibration.select(self.names)
+            return list(zip(self.names, lead.scale, lead.translate, lead.units, strict=True))
         scale = self.opened.scale
         if scale is None or len(scale) != self.opened.array.ndim:
-            return (1.0,) * len(self.positions)
-        return tuple(float(scale[i]) for i in self.positions)
-
-    @property
-    def units(self) -> tuple[str | None, ...]:
-        units = getattr(self.opened, "units", None)
-        if not units or len(units) != self.opened.array.ndim:
-            return (None,) * len(self.positions)
-        return tuple(units[i] for i in self.positions)
+            scale = (1.0,) * self.opened.array.ndim
+        return [(name, float(scale[i]), 0.0, None) for name, i in zip(self.names, self.positions, strict=True)]
 
     def indices(self) -> list[tuple[int, ...]]:
         """Every plane, in storage order (the last leading axis fastest)."""
@@ -197,12 +194,13 @@ def plane_sink(sink: Sink, index: Sequence[int]) -> Sink:
 
 
 def name_leading_axes(sink: Sink, stack: Stack) -> None:
-    """Give the store's OME-Zarr multiscales (the labels, and the root where it has one) the stack's
-    leading axes: names, types ("time"/"space"), spacing and units from the image."""
+    """Give the store's OME-Zarr multiscales (the root, ``labels`` and its label image, where they have
+    one) the stack's leading axes: names, types ("time"/"space"), spacing, origin and units from the image."""
     if sink.path is None:
         return
-    leading = list(zip(stack.names, stack.scale, stack.units, strict=True))
-    for group in ome.multiscale_groups(sink.root):
+    leading = stack.leading_calibration()
+    names = ["labels", getattr(sink, "label_image", None)]
+    for group in [sink.root, *(sink.root[name] for name in names if name is not None and name in sink.root)]:
         attrs = dict(group.attrs)
         if ome.multiscales(attrs):
             updated = ome.with_leading_axes(attrs, leading)
