@@ -17,8 +17,7 @@ store whose done subdomains are complete.
 
 from __future__ import annotations
 
-import os
-import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,32 +45,17 @@ def pyramid_levels(plan: GridPlan) -> int:
     return ome.pyramid_levels(plan.image_shape, whole=plan.subdomain)
 
 
-def check_output_location(output: str | Path, *, overwrite: bool, resume: bool) -> Path:
-    """Refuse an existing output unless told, and an unwritable location; touches nothing."""
-    path = Path(output)
-    if path.exists():
-        if not (overwrite or resume):
-            raise OutputError(f"output {path} exists; pass overwrite=True (--overwrite) or resume=True (--resume)")
-        if not path.is_dir() or not ((path / "zarr.json").exists() or not any(path.iterdir())):
-            raise OutputError(f"output {path} exists and is not a zarr store; refusing to replace it")
-        if not os.access(path, os.W_OK):
-            raise OutputError(f"output {path} is not writable")
-        return path
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        raise OutputError(f"output folder {parent} does not exist")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OutputError(f"output location {parent} is not writable")
-    return path
-
-
 class Sink:
     """Arrays that receive one subdomain at a time; numpy (``path=None``) or a zarr v3 store."""
 
     def __init__(self, plan: GridPlan, *, path: Path | None, num_classes: int, comm_features: int,
                  compute_dtype: np.dtype, probabilities: bool, features: bool, logits: bool,
-                 meta: dict[str, Any], colors: list[list[float]] | None = None, resume: bool = False) -> None:
+                 meta: dict[str, Any], colors: list[list[float]] | None = None, resume: bool = False,
+                 mismatch: Callable[[dict[str, Any]], str | None] | None = None, verify: bool = True,
+                 leading: Sequence[tuple[str, int]] = ()) -> None:
         self.plan = plan
+        self.leading = tuple((str(name), int(size)) for name, size in leading)  # a stack's (axis, planes)
+        self.note = ""
         self.path = path
         self.levels = pyramid_levels(plan) if path is not None else 1
         height, width = plan.image_shape
@@ -82,9 +66,15 @@ class Sink:
         rows, cols = plan.grid
         f = comm_features
         specs: dict[str, tuple[tuple[int, ...], tuple[int, ...], np.dtype]] = {}
+        # a store also holds its labels as a standard OME-Zarr label image, labels/<task>/<level>: OME-Zarr
+        # readers (napari-ome-zarr, ome-zarr-py) find label images only there, while labels/<level> stays
+        # where resume and older stores have it
+        self.label_image = f"labels/{meta['label_image']}" if path is not None and meta.get("label_image") else None
         for level in range(self.levels):
             s = 2 ** level
             specs[f"labels/{level}"] = ((-(-height // s), -(-width // s)), (h // s, w // s), label_dtype(num_classes))
+            if self.label_image is not None:
+                specs[f"{self.label_image}/{level}"] = specs[f"labels/{level}"]
         if probabilities:
             specs["probabilities"] = ((num_classes, height, width), (num_classes, h, w), np.dtype(np.float16))
         if logits:
@@ -97,6 +87,11 @@ class Sink:
                 specs["_work/bottleneck"] = ((f, rows * hb, cols * wb), (f, hb, wb), compute_dtype)
             specs["_work/encoded"] = ((rows, cols), (1, 1), np.dtype(np.uint8))
         specs["_work/done"] = ((rows, cols), (1, 1), np.dtype(np.uint8))
+        if self.leading:
+            # a stack: every array gains its leading axes in front, chunked one plane at a time
+            sizes = tuple(size for _, size in self.leading)
+            specs = {name: ((*sizes, *shape), (1,) * len(sizes) + chunks, dtype)
+                     for name, (shape, chunks, dtype) in specs.items()}
         self.arrays: dict[str, Any] = {}
         if path is None:
             for name, (shape, _, dtype) in specs.items():
@@ -113,37 +108,60 @@ class Sink:
                 raise OutputError(f"cannot resume: {path} is not a readable zarr store ({error})") from None
             if not isinstance(stored, dict):
                 raise OutputError(f"cannot resume: {path} is not a napari-ddunet output")
-            for key in ("store_version", "notation", "weights", "image_shape", "subdomain_size", "region",
-                        "communicate", "dtype", "normalization", "pad_mode", "outputs"):
-                if stored.get(key) != meta.get(key):
-                    raise OutputError(
-                        f"cannot resume {path}: it was made with {key}={stored.get(key)!r}, this run has "
-                        f"{meta.get(key)!r}; use overwrite instead"
-                    )
-            try:
-                for name in specs:
-                    self.arrays[name] = root[name]
-            except KeyError as error:
-                raise OutputError(f"cannot resume: {path} lacks {error}; use overwrite instead") from None
+            problem = mismatch(stored) if mismatch is not None else None
+            if problem:
+                raise OutputError(f"cannot resume {path}: {problem}; use overwrite instead")
+            if self.label_image is not None and f"{self.label_image}/0" not in root:
+                # a store written before label images existed resumes without one
+                specs = {name: spec for name, spec in specs.items() if not name.startswith(self.label_image + "/")}
+                self.label_image = None
+            for name in specs:
+                try:
+                    self.arrays[name] = root[name].with_config({"write_empty_chunks": True})
+                except KeyError:
+                    raise OutputError(f"cannot resume: {path} lacks {name!r}; use overwrite instead") from None
+                except Exception as error:
+                    raise OutputError(f"cannot resume: {path}/{name} is damaged ({_first_line(error)}); "
+                                      "use overwrite instead") from None
             _check_chunk_ownership(path, specs, self.arrays)
             self.root = root
             self.meta = stored
+            if verify:
+                self.note = self.verify_progress()
             return
-        if path.exists():
-            shutil.rmtree(path)
-        root = zarr.open_group(str(path), mode="w")
+        # never removes anything: the output guard cleared an old store (under its lock) before this;
+        # "w-" fails instead of deleting whatever is there
+        root = zarr.open_group(str(path), mode="w-")
         for name, (shape, chunks, dtype) in specs.items():
-            dims = ("y", "x") if len(shape) == 2 else ("c", "y", "x")
+            plane = len(shape) - len(self.leading)
+            dims = ("y", "x") if plane == 2 else ("c", "y", "x")
             if name.startswith("_work/"):
-                dims = ("row", "col") if len(shape) == 2 else ("c", "y", "x")
-            root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, dimension_names=dims)
+                dims = ("row", "col") if plane == 2 else ("c", "y", "x")
+            dims = tuple(axis for axis, _ in self.leading) + dims
+            # every chunk is written, even one of zeros, so that resume can tell a lost chunk from an empty one
+            root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, dimension_names=dims,
+                              config={"write_empty_chunks": True})
             self.arrays[name] = root[name]
-        labels = root["labels"]
-        label_colors = {i: c for i, c in enumerate(colors)} if colors else {}
-        labels.attrs["ome"] = ome.labels_metadata("labels", self.levels, label_colors, source="../")
+        self._write_ome(root, colors, meta)
         root.attrs["napari_ddunet"] = meta
         self.root = root
         self.meta = meta
+
+    def _write_ome(self, root: Any, colors: list[list[float]] | None, meta: dict[str, Any]) -> None:
+        """OME-Zarr 0.5 metadata: the root an image (the class-index pyramid ``labels/0 ..``), ``labels`` the
+        pyramid as before and the list of label images, ``labels/<task>`` the label image OME-Zarr readers
+        show; every level placed at the input's calibration (pixel size, origin, units)."""
+        label_colors = {i: c for i, c in enumerate(colors)} if colors else {}
+        calibration = ome.yx_calibration(ome.Calibration.from_dict(meta.get("calibration")))
+        labels = ome.labels_metadata("labels", self.levels, label_colors, source="../", calibration=calibration)
+        if self.label_image is None:
+            root["labels"].attrs["ome"] = labels
+            return
+        task = meta["label_image"]
+        root["labels"].attrs["ome"] = {**labels, "labels": [task]}
+        root[self.label_image].attrs["ome"] = ome.labels_metadata(
+            task, self.levels, label_colors, source="../../", calibration=calibration, visible=True)
+        root.attrs["ome"] = ome.store_root_metadata(task, self.levels, max(len(label_colors), 2), calibration, task)
 
     # -- public views -------------------------------------------------------------------------
 
@@ -162,6 +180,62 @@ class Sink:
         if "_work/encoded" not in self.arrays:
             return np.zeros(self.plan.grid, dtype=bool)
         return np.asarray(self.arrays["_work/encoded"][...], dtype=bool)
+
+    def verify_progress(self) -> str:
+        """Trust the progress record only where the store holds the data; returns a note for the first event.
+
+        A subdomain marked done whose chunk is missing from any output array (a store that records that every
+        chunk is written, even one of zeros) or whose label chunks do not decode is un-marked, and so is an
+        encoded subdomain whose stored bottleneck is missing or does not decode: the run recomputes them. Chunk
+        presence comes from one key listing per array; only the label and bottleneck chunks are decoded.
+        """
+        done, damaged_done = self._read_flags("_work/done")
+        encoded, damaged_encoded = self._read_flags("_work/encoded")
+        checked = self.meta.get("empty_chunks") == "written"
+        lost: set[str] = set()
+        bad_done = damaged_done.copy()
+        bad_encoded = damaged_encoded.copy()
+        for name, array in self.arrays.items():
+            flags, bad = (encoded, bad_encoded) if name == "_work/bottleneck" else (done, bad_done)
+            if name in ("_work/done", "_work/encoded") or not flags.any():
+                continue
+            missing = flags & ~_stored_chunks(array, flags.shape) if checked else np.zeros_like(flags)
+            if name.startswith("labels/") or name == "_work/bottleneck":
+                missing |= _undecodable_chunks(array, flags & ~missing)
+            if missing.any():
+                lost.add(name)
+                bad |= missing
+        bad_done &= done | damaged_done
+        bad_encoded &= encoded | damaged_encoded
+        for name, bad in (("_work/done", bad_done), ("_work/encoded", bad_encoded)):
+            for index in zip(*np.nonzero(bad), strict=True):
+                self.arrays[name][index] = 0
+        notes = []
+        if bad_done.any():
+            notes.append(f"{int(bad_done.sum())} subdomains marked done have missing or unreadable chunks "
+                         f"({', '.join(sorted(lost - {'_work/bottleneck'})) or '_work/done'}); recomputing them")
+        if bad_encoded.any():
+            notes.append(f"{int(bad_encoded.sum())} stored bottlenecks are missing or unreadable; re-encoding them")
+        if notes and self.meta.get("complete"):
+            self.set_attr("complete", False)
+        return "; ".join(f"resume: {n}" for n in notes)
+
+    def _read_flags(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A progress array as booleans, and where its chunks do not decode (read as "not done")."""
+        shape = tuple(self.arrays["_work/done"].shape)
+        if name not in self.arrays:
+            return np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+        array = self.arrays[name]
+        try:
+            return np.asarray(array[...], dtype=bool), np.zeros(shape, dtype=bool)
+        except Exception:
+            flags, damaged = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+            for index in np.ndindex(*shape):
+                try:
+                    flags[index] = bool(array[index])
+                except Exception:
+                    damaged[index] = True
+            return flags, damaged
 
     def mark(self, name: str, row: int, cols: list[int]) -> None:
         """Record subdomains (row, c) as "encoded" or "done"; one chunk per subdomain, so no read-modify-write."""
@@ -197,6 +271,9 @@ class Sink:
                 ly1 = min(target.shape[0], ly0 + level_labels.shape[0])
                 lx1 = min(target.shape[1], lx0 + level_labels.shape[1])
                 target[ly0:ly1, lx0:lx1] = level_labels[: ly1 - ly0, : lx1 - lx0]
+                copy = self.arrays.get(f"{self.label_image}/{level}")
+                if copy is not None:
+                    copy[ly0:ly1, lx0:lx1] = level_labels[: ly1 - ly0, : lx1 - lx0]
             if probabilities is not None and "probabilities" in self.arrays:
                 block = _side_by_side(probabilities[i:i + n])
                 self.arrays["probabilities"][:, y0:y1, x0:x1] = block[:, : y1 - y0, : x1 - x0].astype(np.float16)
@@ -242,6 +319,53 @@ def _check_chunk_ownership(path: Path, specs: dict[str, tuple[tuple[int, ...], t
                 f"cannot resume {path}: {name} has shape {tuple(found.shape)} in chunks {tuple(found.chunks)}, "
                 f"this run writes shape {shape} in chunks of one subdomain {chunks}; use overwrite instead"
             )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _chunk(array: Any, index: tuple[int, ...], whole_row: bool = False) -> tuple[Any, ...]:
+    """The block of ``array`` holding subdomain ``index`` = (*planes, row, col) (with ``whole_row``, all columns
+    of that row): the planes lead, the grid is on the last two axes, any axis between is one chunk."""
+    *planes, row, col = index
+    between = array.ndim - len(index)
+    return (*planes, *(slice(None),) * between, row, slice(None) if whole_row else col)
+
+
+def _stored_chunks(array: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """``shape`` (*planes, rows, cols): True where that subdomain's chunk of ``array`` exists; one key listing."""
+    from zarr.core.sync import sync
+
+    async def listing() -> set[str]:
+        return {key async for key in array.store_path.store.list_prefix(f"{array.store_path.path}/")}
+
+    keys = sync(listing())
+    between = (0,) * (array.ndim - len(shape))
+    present = np.zeros(shape, dtype=bool)
+    for index in np.ndindex(*shape):
+        coords = (*index[:-2], *between, *index[-2:])
+        present[index] = f"{array.store_path.path}/{array.metadata.encode_chunk_key(coords)}" in keys
+    return present
+
+
+def _undecodable_chunks(array: Any, flags: np.ndarray) -> np.ndarray:
+    """True where a flagged subdomain's chunk of ``array`` does not decode; read one row of chunks at a time."""
+    bad = np.zeros(flags.shape, dtype=bool)
+    for row in zip(*np.nonzero(flags.any(axis=-1)), strict=True):
+        try:
+            array.blocks[_chunk(array, (*row, 0), whole_row=True)]
+            continue
+        except Exception:
+            pass
+        for col in np.nonzero(flags[row])[0]:
+            index = (*(int(i) for i in row), int(col))
+            try:
+                array.blocks[_chunk(array, index)]
+            except Exception:
+                bad[index] = True
+    return bad
 
 
 def _runs(cols: list[int]) -> list[tuple[int, int, int]]:

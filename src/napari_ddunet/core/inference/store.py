@@ -9,10 +9,12 @@ import numpy as np
 import torch
 
 from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.inference.fingerprint import input_fingerprint, resume_mismatch
 from napari_ddunet.core.inference.grid import PAD_MODE
 from napari_ddunet.core.inference.request import EngineError, SegmentRequest
 from napari_ddunet.core.inference.schedule import SchedulePlan
 from napari_ddunet.core.inference.sink import STORE_VERSION, Sink
+from napari_ddunet.core.io import ome
 
 
 def host(tensor: torch.Tensor) -> np.ndarray:
@@ -38,7 +40,7 @@ def store_metadata(request: SegmentRequest, schedule: SchedulePlan) -> dict[str,
     norm = info.normalization if info is not None else None
     outputs = sorted(n for n, on in (("probabilities", policy.probabilities), ("logits", policy.logits),
                                      ("features", policy.features and net.comm is not None)) if on)
-    return {
+    meta = {
         "store_version": STORE_VERSION,
         "notation": config.notation,
         "config": config.to_dict(),
@@ -50,13 +52,27 @@ def store_metadata(request: SegmentRequest, schedule: SchedulePlan) -> dict[str,
         "communicate": "exchange" if request.exchange else ("per-subdomain" if request.per_tile_comm else "none"),
         "dtype": str(request.dtype).replace("torch.", ""),
         "normalization": None if norm is None else norm.to_dict(),
+        "bands": None if request.source.bands is None else list(request.source.bands),
         "pad_mode": PAD_MODE,
         "outputs": outputs,
         "schedule": schedule.name,
         "class_names": list(info.class_names) if info is not None else list(config.class_names),
         "class_colors": _colors(request),
+        # where the labels lie in physical space, and the OME-Zarr label image named after the task
+        "calibration": None if request.calibration is None else request.calibration.to_dict(),
+        "label_image": ome.task_name(
+            list(info.class_names) if info is not None else list(config.class_names),
+            info.provenance.get("task") if info is not None else None),
         "complete": False,
+        # every chunk is written, zeros included: resume treats a missing chunk as lost (sink.verify_progress)
+        "empty_chunks": "written",
     }
+    if policy.path is not None:
+        meta["input"] = input_fingerprint(request.source)
+    if request.stack is not None:
+        # a stack's arrays carry its leading axes (core/inference/stack.py); a 2D store has no such key
+        meta["stack"] = {"axes": list(request.stack.names), "shape": list(request.stack.shape)}
+    return meta
 
 
 def _colors(request: SegmentRequest) -> list[list[Any]] | None:
@@ -64,12 +80,17 @@ def _colors(request: SegmentRequest) -> list[list[Any]] | None:
     return [list(c) for c in info.class_colors] if info is not None else None
 
 
-def _make_sink(request: SegmentRequest, meta: dict[str, Any], reopen: bool) -> Sink:
+def _make_sink(request: SegmentRequest, meta: dict[str, Any], reopen: bool, verify: bool = True) -> Sink:
+    """The sink; a reopened store is first compared with this run's fingerprint and, with ``verify``, its
+    progress record checked against the chunks it holds."""
     policy, config = request.output, request.model.config
     return Sink(request.plan, path=policy.path, num_classes=config.num_classes, comm_features=config.comm_features,
                 compute_dtype=host(torch.empty((), dtype=request.dtype)).dtype,
                 probabilities=policy.probabilities, features=policy.features, logits=policy.logits,
-                meta=meta, colors=_colors(request), resume=reopen)
+                meta=meta, colors=_colors(request), resume=reopen,
+                mismatch=lambda stored: resume_mismatch(stored, meta, request.source), verify=verify,
+                leading=() if request.stack is None else tuple(zip(request.stack.names, request.stack.shape,
+                                                                   strict=True)))
 
 
 def open_sink(request: SegmentRequest, schedule: SchedulePlan) -> Sink:
@@ -93,6 +114,7 @@ def open_sink(request: SegmentRequest, schedule: SchedulePlan) -> Sink:
     if dist.any(error is not None):
         raise error or EngineError("rank 0 could not prepare the output store; see its message")
     if dist.rank != 0:
-        return _make_sink(request, meta, True)
+        # rank 0 has verified the progress record; the others attach to what it left
+        return _make_sink(request, meta, True, verify=False)
     sink.set_attr("schedule", schedule.name)
     return sink
