@@ -3,7 +3,9 @@
 Every level becomes a dask array over the file's own chunks or tiles, so napari reads only what it
 shows. Files with several resolution levels (OME-Zarr multiscales, pyramidal TIFF) open as a
 multiscale layer. A store written by our engine (a ``labels`` pyramid and feature maps) opens as
-the Labels layer with the checkpoint's colours, plus the feature maps as hidden image layers.
+the Labels layer with the checkpoint's colours, plus the feature maps as hidden image layers. Every
+layer is placed by the file's calibration (OME-Zarr coordinateTransformations, OME-XML, ImageJ tags):
+scale, translate and units, so labels written for an image lie exactly over it.
 Opening files and reading OME metadata are :mod:`napari_ddunet.core.io`'s job; this module only
 turns what it opens into napari layer tuples.
 """
@@ -50,6 +52,16 @@ def _lazy(levels: list[Any]) -> tuple[Any, bool]:
     return (arrays, True) if len(arrays) > 1 else (arrays[0], False)
 
 
+def _placement(calibration: ome.Calibration | None, ndim: int) -> dict[str, Any]:
+    """napari layer keywords that place an ``ndim``-D layer as ``calibration`` says (nothing without one)."""
+    if calibration is None or len(calibration.axes) != ndim:
+        return {}
+    placed: dict[str, Any] = {"scale": list(calibration.scale), "translate": list(calibration.translate)}
+    if any(calibration.units):
+        placed["units"] = [unit or "pixel" for unit in calibration.units]
+    return placed
+
+
 def _colormap(group: zarr.Group) -> dict[int | None, Any] | None:
     colors = ome.label_colors(dict(group.attrs))
     if not colors:
@@ -64,32 +76,53 @@ def _read_zarr(path: Path) -> list[tuple[Any, dict[str, Any], str]]:
     if isinstance(root, zarr.Array):
         return [(da.from_zarr(root), {"name": name}, "image")]
     layers: list[tuple[Any, dict[str, Any], str]] = []
-    if ome.multiscales(dict(root.attrs)):
-        data, multiscale = _lazy(open_levels(root).levels)
-        layers.append((data, {"name": name, "multiscale": multiscale}, "image"))
+    ours = "napari_ddunet" in dict(root.attrs)  # an engine store: its root image is its own class-index map
+    if ome.multiscales(dict(root.attrs)) and not ours:
+        opened = open_levels(root)
+        data, multiscale = _lazy(opened.levels)
+        layers.append((data, {"name": name, "multiscale": multiscale,
+                              **_placement(opened.calibration, opened.array.ndim)}, "image"))
     members = dict(root.members())
     labels = members.get("labels")
     if isinstance(labels, zarr.Group):
         for group in ome.label_images(labels):
-            data, multiscale = _lazy(open_levels(group).levels)
-            meta: dict[str, Any] = {"name": f"{name} labels", "multiscale": multiscale}
+            opened = open_levels(group)
+            data, multiscale = _lazy(opened.levels)
+            meta: dict[str, Any] = {"name": f"{name} labels", "multiscale": multiscale,
+                                    **_placement(opened.calibration, opened.array.ndim)}
             colors = _colormap(group)
             if colors is not None:
                 meta["colormap"] = colors
             layers.append((data, meta, "labels"))
+    stored = dict(root.attrs).get("napari_ddunet") or {}
     for key in ("bottleneck", "communicated"):
         member = members.get(key)
         if isinstance(member, zarr.Array):
-            layers.append((da.from_zarr(member), {"name": f"{name} {key}", "visible": False}, "image"))
+            placed = _feature_placement(stored, member.ndim)
+            layers.append((da.from_zarr(member), {"name": f"{name} {key}", "visible": False, **placed}, "image"))
     if not layers:
         arrays = [m for _, m in sorted(members.items()) if isinstance(m, zarr.Array)]
         layers = [(da.from_zarr(a), {"name": f"{name} {a.basename}"}, "image") for a in arrays]
     return layers
 
 
+def _feature_placement(stored: dict[str, Any], ndim: int) -> dict[str, Any]:
+    """Bottleneck maps (F, h, w) are 2**depth input pixels per pixel, centred on the block each summarises."""
+    depth = (stored.get("config") or {}).get("depth")
+    if depth is None:
+        return {}
+    calibration = ome.yx_calibration(ome.Calibration.from_dict(stored.get("calibration"))).downsampled(int(depth))
+    channels = ome.Calibration(("c",), (1.0,), (0.0,), (None,))
+    whole = ome.Calibration(channels.axes + calibration.axes, channels.scale + calibration.scale,
+                            channels.translate + calibration.translate, channels.units + calibration.units)
+    return _placement(whole, ndim)
+
+
 def _read_tiff(path: Path) -> list[tuple[Any, dict[str, Any], str]]:
-    data, multiscale = _lazy(open_levels(path).levels)
-    return [(data, {"name": _layer_name(path), "multiscale": multiscale}, "image")]
+    opened = open_levels(path)
+    data, multiscale = _lazy(opened.levels)
+    return [(data, {"name": _layer_name(path), "multiscale": multiscale,
+                    **_placement(opened.calibration, opened.array.ndim)}, "image")]
 
 
 def read(path: str | list[str]) -> list[tuple[Any, dict[str, Any], str]]:

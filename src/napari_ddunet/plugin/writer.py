@@ -2,7 +2,8 @@
 
 Layout, pyramid and metadata are the engine's (:mod:`napari_ddunet.core.io.ome`):
 ``<path>/labels/0, 1, ...`` with multiscales and ``image-label`` colour metadata on ``<path>/labels``,
-so our reader (and other OME-Zarr tools) open it again as labels with the same colours.
+so our reader (and other OME-Zarr tools) open it again as labels with the same colours, at the
+layer's scale, translate and units (its coordinateTransformations).
 """
 
 from __future__ import annotations
@@ -22,6 +23,15 @@ CHUNK = 512
 def _colors(meta: dict[str, Any]) -> dict[int, Any]:
     mapping = getattr(meta.get("colormap"), "color_dict", None) or {}
     return {int(k): np.asarray(c).ravel()[:4] for k, c in mapping.items() if k is not None}
+
+
+def _calibration(meta: dict[str, Any]) -> ome.Calibration | None:
+    """Where the layer lies: its scale, translate and units, as napari hands them to a writer."""
+    if meta.get("scale") is None:
+        return None
+    units = meta.get("units")
+    return ome.Calibration.of_axes(("y", "x"), meta["scale"], meta.get("translate"),
+                                   None if units is None else [str(u) for u in units])
 
 
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -49,5 +59,6 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         target = group.create_array(str(index), shape=level.shape, dtype=dtype, chunks=chunks, fill_value=0)
         da.store(level.rechunk(chunks), target, lock=False)
         level = da.from_zarr(target)  # the next level reads this one back instead of recomputing it
-    group.attrs["ome"] = ome.labels_metadata(meta.get("name", "labels"), levels, _colors(meta))
+    group.attrs["ome"] = ome.labels_metadata(meta.get("name", "labels"), levels, _colors(meta),
+                                             calibration=_calibration(meta))
     return [str(out)]

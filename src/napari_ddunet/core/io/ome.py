@@ -1,13 +1,22 @@
-"""OME-Zarr (0.4 and 0.5) metadata and the label pyramid, written by the engine's sink and the napari writer.
+"""OME-Zarr (0.4 and 0.5) metadata, physical calibration, and the label pyramid.
 
-One pyramid rule for both: level l is level l-1 downsampled 2x by the mode of each 2x2 block (ties go
-to the top-left pixel, i.e. nearest), and levels are added while the long side stays at least
-:data:`MIN_LEVEL_SIDE` pixels (and, for the sink, while its subdomains stay whole).
+One pyramid rule for the engine's sink and the napari writer: level l is level l-1 downsampled 2x by
+the mode of each 2x2 block (ties go to the top-left pixel, i.e. nearest), and levels are added while
+the long side stays at least :data:`MIN_LEVEL_SIDE` pixels (and, for the sink, while its subdomains
+stay whole).
+
+A :class:`Calibration` (pixel size, origin and unit per axis) is read here from OME-Zarr
+coordinateTransformations, OME-TIFF's OME-XML and ImageJ TIFF tags, and written back as the
+coordinateTransformations of every label level (level l's pixel is 2**l input pixels wide, centred
+on the block it summarises), so labels lie over their image in napari and other OME-Zarr viewers.
 """
 
 from __future__ import annotations
 
+import re
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +25,126 @@ import numpy as np
 MIN_LEVEL_SIDE = 64
 #: How every label pyramid here is made, as recorded in its multiscales metadata.
 LABEL_METHOD = "2x2 mode (ties: top-left, i.e. nearest)"
+
+
+#: Spellings of length units in OME-XML, ImageJ and napari -> the UDUNITS-2 names OME-Zarr uses.
+_UNITS = {
+    "µm": "micrometer", "μm": "micrometer", "um": "micrometer", "micron": "micrometer",
+    "microns": "micrometer", "micrometre": "micrometer", "micrometer": "micrometer",
+    "nm": "nanometer", "nanometre": "nanometer", "nanometer": "nanometer",
+    "mm": "millimeter", "millimetre": "millimeter", "millimeter": "millimeter",
+    "cm": "centimeter", "centimetre": "centimeter", "centimeter": "centimeter",
+    "m": "meter", "metre": "meter", "meter": "meter", "km": "kilometer", "kilometer": "kilometer",
+    "å": "angstrom", "angstrom": "angstrom", "pm": "picometer", "in": "inch", "inch": "inch",
+    "s": "second", "second": "second", "ms": "millisecond", "millisecond": "millisecond",
+    "min": "minute", "minute": "minute", "h": "hour", "hour": "hour",
+}
+#: Units that mean "no physical unit recorded".
+_NO_UNIT = {"", "pixel", "pixels", "px", "none"}
+
+
+def unit_name(unit: Any) -> str | None:
+    """The OME-Zarr (UDUNITS-2) name of a unit as a file or napari spells it; None for pixels or none.
+
+    An unknown unit is kept as written (lower case): it is the user's, not ours to drop.
+    """
+    if unit is None:
+        return None
+    text = str(unit).strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ")
+    key = text.lower()
+    if key in _NO_UNIT:
+        return None
+    return _UNITS.get(key, _UNITS.get(text, key))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where an array lies in physical space: per named axis, pixel size, origin (pixel 0's centre), unit."""
+
+    axes: tuple[str, ...]
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    units: tuple[str | None, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.axes)
+        if not len(self.scale) == len(self.translate) == len(self.units) == n:
+            raise ValueError(f"calibration of {n} axes needs {n} scales, translations and units")
+        if not all(np.isfinite(s) and s > 0 for s in self.scale):
+            raise ValueError(f"pixel sizes must be positive and finite, got {self.scale}")
+
+    @classmethod
+    def of_axes(cls, axes: Sequence[str], scale: Sequence[float] | None = None,
+                translate: Sequence[float] | None = None, units: Sequence[Any] | None = None) -> Calibration:
+        """A calibration from per-axis values as napari layers have them (missing: 1, 0, no unit)."""
+        n = len(axes)
+        return cls(tuple(str(a).lower() for a in axes),
+                   tuple(float(s) for s in (scale if scale is not None else [1.0] * n)),
+                   tuple(float(t) for t in (translate if translate is not None else [0.0] * n)),
+                   tuple(unit_name(u) for u in (units if units is not None else [None] * n)))
+
+    def select(self, names: Sequence[str]) -> Calibration:
+        """The calibration of the axes ``names`` (in that order); an axis it lacks is 1 px, at 0, unitless."""
+        index = {name: i for i, name in enumerate(self.axes)}
+        pick = [index.get(name) for name in names]
+        return Calibration(
+            tuple(names),
+            tuple(1.0 if i is None else self.scale[i] for i in pick),
+            tuple(0.0 if i is None else self.translate[i] for i in pick),
+            tuple(None if i is None else self.units[i] for i in pick),
+        )
+
+    @property
+    def is_identity(self) -> bool:
+        """Pixel units at the origin: nothing a viewer would place differently from array indices."""
+        return all(s == 1.0 for s in self.scale) and not any(self.translate) and not any(self.units)
+
+    def downsampled(self, level: int, spatial: Sequence[str] = ("y", "x")) -> Calibration:
+        """The calibration of pyramid level ``level``: pixels 2**level times larger along ``spatial``,
+        each centred on the block of level-0 pixels it summarises."""
+        factor = 2.0 ** level
+        scale, translate = [], []
+        for name, s, t in zip(self.axes, self.scale, self.translate, strict=True):
+            grow = factor if name in spatial else 1.0
+            scale.append(s * grow)
+            translate.append(t + (grow - 1.0) / 2.0 * s)
+        return Calibration(self.axes, tuple(scale), tuple(translate), self.units)
+
+    def transformations(self) -> list[dict[str, Any]]:
+        """OME-Zarr coordinateTransformations: a scale, then a translation when the origin is not 0."""
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": list(self.scale)}]
+        if any(self.translate):
+            transforms.append({"type": "translation", "translation": list(self.translate)})
+        return transforms
+
+    def axes_metadata(self) -> list[dict[str, Any]]:
+        """OME-Zarr axes entries with their types and units."""
+        kinds = {"c": "channel", "t": "time"}
+        entries = []
+        for name, unit in zip(self.axes, self.units, strict=True):
+            entry: dict[str, Any] = {"name": name, "type": kinds.get(name, "space")}
+            if unit is not None:
+                entry["unit"] = unit
+            entries.append(entry)
+        return entries
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        return {"axes": list(self.axes), "scale": list(self.scale), "translate": list(self.translate),
+                "units": list(self.units)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> Calibration | None:
+        if not values:
+            return None
+        return cls(tuple(values["axes"]), tuple(float(s) for s in values["scale"]),
+                   tuple(float(t) for t in values["translate"]), tuple(values["units"]))
+
+
+def yx_calibration(calibration: Calibration | None) -> Calibration:
+    """The y and x part of ``calibration`` (pixels at the origin when there is none)."""
+    if calibration is None:
+        return Calibration(("y", "x"), (1.0, 1.0), (0.0, 0.0), (None, None))
+    return calibration.select(("y", "x"))
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -51,6 +180,121 @@ def level_scale(dataset: Mapping[str, Any], entry: Mapping[str, Any]) -> tuple[f
     return None if scale is None else tuple(float(s) for s in scale)
 
 
+def calibration(entry: Mapping[str, Any], dataset: int = 0) -> Calibration | None:
+    """The calibration of one dataset of a multiscales entry (its transformations, then the entry's),
+    or None when the entry names no axes or records no transformation at all."""
+    names = axis_names(entry)
+    if not names:
+        return None
+    scale = np.ones(len(names))
+    translate = np.zeros(len(names))
+    found = False
+    level = entry["datasets"][dataset]
+    for transforms in (level.get("coordinateTransformations"), entry.get("coordinateTransformations")):
+        for transform in transforms or []:
+            if transform.get("type") == "scale" and "scale" in transform:
+                factor = np.asarray(transform["scale"], dtype=float)
+                scale, translate = scale * factor, translate * factor
+                found = True
+            elif transform.get("type") == "translation" and "translation" in transform:
+                translate = translate + np.asarray(transform["translation"], dtype=float)
+                found = True
+    units = [unit_name(a.get("unit")) if isinstance(a, dict) else None for a in entry["axes"]]
+    if not found and not any(units):
+        return None
+    return Calibration(tuple(names), tuple(float(s) for s in scale), tuple(float(t) for t in translate),
+                       tuple(units))
+
+
+def _ome_xml_calibration(xml: str, axes: Sequence[str]) -> Calibration | None:
+    """PhysicalSizeX/Y/Z and their units from OME-XML's first Pixels element (OME's default unit is µm),
+    and the first Plane's PositionX/Y as the origin."""
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return None
+    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None
+    plane = next((e for e in pixels if e.tag.rsplit("}", 1)[-1] == "Plane"), None)
+    scale, translate, units = {}, {}, {}
+    for name in ("x", "y", "z"):
+        size = pixels.get(f"PhysicalSize{name.upper()}")
+        if size is None:
+            continue
+        scale[name] = float(size)
+        units[name] = unit_name(pixels.get(f"PhysicalSize{name.upper()}Unit", "µm"))
+        position = None if plane is None else plane.get(f"Position{name.upper()}")
+        if position is not None and unit_name(plane.get(f"Position{name.upper()}Unit", "reference frame")) in (
+                units[name], "reference frame"):
+            translate[name] = float(position)
+    if not scale:
+        return None
+    return Calibration(tuple(axes), tuple(scale.get(a, 1.0) for a in axes), tuple(translate.get(a, 0.0) for a in axes),
+                       tuple(units.get(a) for a in axes))
+
+
+def _resolution(page: Any, tag: str) -> float | None:
+    """Pixels per unit of a TIFF XResolution/YResolution rational, or None."""
+    value = page.tags.get(tag)
+    if value is None:
+        return None
+    number = value.value
+    ratio = number[0] / number[1] if isinstance(number, tuple) and number[1] else float(number)
+    return ratio if ratio > 0 else None
+
+
+def _imagej_calibration(tif: Any, axes: Sequence[str]) -> Calibration | None:
+    """ImageJ's calibration: 1/XResolution and 1/YResolution in its ``unit``, ``spacing`` along z."""
+    meta = tif.imagej_metadata or {}
+    unit = unit_name(meta.get("unit"))
+    page = tif.pages[0]
+    x, y = _resolution(page, "XResolution"), _resolution(page, "YResolution")
+    if unit is None or x is None or y is None or (x == 1 and y == 1):
+        return None
+    scale = {"x": 1.0 / x, "y": 1.0 / y}
+    if meta.get("spacing"):
+        scale["z"] = float(meta["spacing"])
+    origin = {"x": -float(meta.get("xorigin", 0.0)) * scale["x"], "y": -float(meta.get("yorigin", 0.0)) * scale["y"]}
+    return Calibration(tuple(axes), tuple(scale.get(a, 1.0) for a in axes), tuple(origin.get(a, 0.0) for a in axes),
+                       tuple(unit if a in scale else None for a in axes))
+
+
+def tiff_calibration(tif: Any, axes: Sequence[str]) -> Calibration | None:
+    """The calibration an OME-TIFF (OME-XML) or ImageJ TIFF records for its first series, or None.
+
+    ``tif`` is an open :class:`tifffile.TiffFile`, ``axes`` its first series' lower-case axis names.
+    Plain TIFF resolution tags (dots per inch of a scan or photo) are no physical pixel size and are ignored.
+    """
+    if tif.is_ome and tif.ome_metadata:
+        found = _ome_xml_calibration(tif.ome_metadata, axes)
+        if found is not None:
+            return found
+    if tif.is_imagej:
+        return _imagej_calibration(tif, axes)
+    return None
+
+
+def task_name(class_names: Sequence[str], task: str | None = None) -> str:
+    """What a model segments, as a layer and group name: its recorded task, else its class names."""
+    text = task or "-".join(str(c) for c in class_names) or "labels"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._-") or "labels"
+    return f"labels_{name}" if name.isdigit() else name  # never a level's name ("0", "1", ...)
+
+
+def multiscale_groups(root: Any) -> list[Any]:
+    """The groups of an engine store that carry multiscales: the root, ``labels`` and the label images it lists."""
+    groups = [root]
+    labels = root.get("labels") if hasattr(root, "get") else None
+    if labels is not None:
+        groups.append(labels)
+        for name in _ome(dict(labels.attrs)).get("labels") or []:
+            child = labels.get(str(name))
+            if child is not None:
+                groups.append(child)
+    return [group for group in groups if multiscales(dict(group.attrs))]
+
+
 def label_colors(attrs: Mapping[str, Any]) -> dict[int, np.ndarray]:
     """``image-label`` colours as {label value: RGBA floats in [0, 1]} (empty when none are recorded)."""
     image_label = _ome(attrs).get("image-label") or {}
@@ -74,27 +318,42 @@ def label_images(labels: Any) -> list[Any]:
 # -- writing ----------------------------------------------------------------------------------
 
 
-def labels_metadata(name: str, levels: int, colors: Mapping[int, Sequence[float]],
-                    method: str = LABEL_METHOD, source: str | None = None) -> dict[str, Any]:
-    """OME-Zarr 0.5 ``ome`` attributes of a 2D labels pyramid whose level i is downsampled by 2**i.
-
-    ``colors`` maps label values to RGB(A) floats in [0, 1]; other OME-Zarr readers show them.
-    ``source`` is the relative path of the image the labels belong to.
-    """
+def multiscales_entry(name: str, levels: int, calibration: Calibration | None = None,
+                      method: str = LABEL_METHOD, prefix: str = "") -> dict[str, Any]:
+    """One OME-Zarr 0.5 multiscales entry for a pyramid whose level i (at ``prefix + str(i)``) is
+    downsampled by 2**i along y and x, placed in physical space by ``calibration`` (pixels when None)."""
+    calibration = calibration or yx_calibration(None)
     datasets = [
-        {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [2.0 ** level] * 2}]}
+        {"path": f"{prefix}{level}", "coordinateTransformations": calibration.downsampled(level).transformations()}
         for level in range(levels)
     ]
+    return {"name": name, "axes": calibration.axes_metadata(), "datasets": datasets, "metadata": {"method": method}}
+
+
+def _omero(label: str, visible: bool, window: tuple[float, float], color: str = "FFFFFF") -> dict[str, Any]:
+    """omero rendering settings: napari-ome-zarr names a layer "<multiscales name>: <label>" and shows it
+    only where ``active`` says so."""
+    return {"channels": [{"label": label, "active": visible, "color": color, "window": {
+        "start": window[0], "end": window[1], "min": window[0], "max": window[1]}}],
+            "rdefs": {"model": "greyscale"}}
+
+
+def labels_metadata(name: str, levels: int, colors: Mapping[int, Sequence[float]],
+                    method: str = LABEL_METHOD, source: str | None = None,
+                    calibration: Calibration | None = None, visible: bool | None = None) -> dict[str, Any]:
+    """OME-Zarr 0.5 ``ome`` attributes of a labels pyramid whose level i is downsampled by 2**i.
+
+    ``colors`` maps label values to RGB(A) floats in [0, 1]; other OME-Zarr readers show them.
+    ``source`` is the relative path of the image the labels belong to; ``calibration`` places level 0 in
+    physical space; ``visible`` adds omero settings so that napari-ome-zarr shows the layer by that name.
+    """
     ome: dict[str, Any] = {
         "version": "0.5",
-        "multiscales": [{
-            "name": name,
-            "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-            "datasets": datasets,
-            "metadata": {"method": method},
-        }],
+        "multiscales": [multiscales_entry(name, levels, calibration, method)],
         "image-label": {"version": "0.5"},
     }
+    if visible is not None:
+        ome["omero"] = _omero("labels", visible, (0.0, float(max(colors, default=1))))
     if colors:
         ome["image-label"]["colors"] = [
             {"label-value": int(value), "rgba": [round(255 * float(v)) for v in rgba]}
@@ -103,6 +362,18 @@ def labels_metadata(name: str, levels: int, colors: Mapping[int, Sequence[float]
     if source is not None:
         ome["image-label"]["source"] = {"image": source}
     return ome
+
+
+def store_root_metadata(name: str, levels: int, classes: int, calibration: Calibration | None,
+                        label_image: str) -> dict[str, Any]:
+    """``ome`` attributes of an engine store's root: an OME-Zarr 0.5 image whose levels are the class-index
+    arrays ``labels/0 ..`` (hidden), so OME-Zarr readers open the store and find its label image
+    ``labels/<label_image>`` (listed in ``labels``' attributes) at the input's scale."""
+    return {
+        "version": "0.5",
+        "multiscales": [multiscales_entry(name, levels, calibration, prefix="labels/")],
+        "omero": _omero("class index", False, (0.0, float(max(classes - 1, 1)))),
+    }
 
 
 def pyramid_levels(shape: tuple[int, int], whole: tuple[int, int] | None = None) -> int:
@@ -137,3 +408,50 @@ def downsample_mode_lazy(labels: Any) -> Any:
     padded = padded.rechunk(even)
     halves = tuple(tuple(c // 2 for c in sizes) for sizes in padded.chunks)
     return padded.map_blocks(downsample_mode, chunks=halves, dtype=labels.dtype)
+
+
+#: OME-Zarr axis types of the axes a stack's planes run along.
+AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+
+
+def with_leading_axes(attrs: Mapping[str, Any],
+                      leading: Sequence[tuple[str, float, float, str | None]]) -> dict[str, Any]:
+    """``attrs`` (an OME-Zarr group's, 0.4 or 0.5) with axes ``leading`` = (name, spacing, origin, unit) put
+    in front of every multiscales entry: the labels of a stack carry the image's t/z axes, their names,
+    types and spacing. Leading axes are never downsampled, so each level's scale starts with the same
+    values; an entry that already has them is left alone, so it can be applied again on resume."""
+    result = dict(attrs)
+    inner = dict(result.get("ome") or result)
+    names = [name for name, *_ in leading]
+    entries = []
+    for entry in inner.get("multiscales") or []:
+        entry = dict(entry)
+        if (axis_names(entry) or [])[:len(names)] != names:
+            axes = [{"name": name, "type": AXIS_TYPES.get(name, "space"), **({"unit": unit} if unit else {})}
+                    for name, _, _, unit in leading]
+            entry["axes"] = axes + list(entry.get("axes") or [])
+            entry["datasets"] = [_lead_transforms(dataset, leading) for dataset in entry.get("datasets") or []]
+        entries.append(entry)
+    inner["multiscales"] = entries
+    if "ome" in result:
+        result["ome"] = inner
+        return result
+    return inner
+
+
+def _lead_transforms(dataset: Mapping[str, Any], leading: Sequence[tuple[str, float, float, str | None]]) -> dict:
+    """A dataset's scale and translation with the leading axes' spacing and origin in front (a dataset
+    without a translation gets one only when a leading axis has an origin)."""
+    transforms = [dict(transform) for transform in dataset.get("coordinateTransformations") or []]
+    spatial = 2
+    for transform in transforms:
+        if transform.get("type") == "scale" and "scale" in transform:
+            transform["scale"] = [float(scale) for _, scale, _, _ in leading] + list(transform["scale"])
+            spatial = len(transform["scale"]) - len(leading)
+    origins = [float(origin) for _, _, origin, _ in leading]
+    shifted = [t for t in transforms if t.get("type") == "translation" and "translation" in t]
+    for transform in shifted:
+        transform["translation"] = origins + list(transform["translation"])
+    if not shifted and any(origins):
+        transforms.append({"type": "translation", "translation": origins + [0.0] * spatial})
+    return {**dataset, "coordinateTransformations": transforms}

@@ -1,21 +1,42 @@
 """Result layers: the labels of a run, the bottleneck feature maps, and the no-communication comparison.
 
 Each function takes the viewer and the image layer the run was for and returns the layers it made;
-none of them keeps state, so the dock widget decides when to call them.
+none of them keeps state, so the dock widget decides when to call them. Every result layer takes the
+image layer's y/x scale, translate and units, and :func:`layer_calibration` hands the same to the
+engine, so the store's OME-Zarr metadata places the labels where napari shows them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from napari_ddunet.core.io.ome import Calibration
 from napari_ddunet.plugin.grid_layer import GRID_LAYER_NAME
 from napari_ddunet.plugin.live import feature_layer_kwargs, label_colormap, labels_layer_data
 
 
 def labels_name(image_layer) -> str:
     return f"{image_layer.name} DDU-Net labels"
+
+
+def layer_calibration(image_layer, yx: tuple[int, ...], names: Sequence[str] = ("y", "x")) -> Calibration:
+    """The image layer's y/x pixel size, origin and units (a stack's t/z first: ``yx`` the layer axes
+    named ``names``), for the engine's output metadata."""
+    axes = list(yx)
+    units = [str(unit) for unit in np.asarray(image_layer.units, dtype=object)[axes]]
+    return Calibration.of_axes(tuple(names), np.asarray(image_layer.scale, dtype=float)[axes],
+                               np.asarray(image_layer.translate, dtype=float)[axes], units)
+
+
+def _place(layer, image_layer, yx: tuple[int, int]) -> None:
+    """Put a 2D result layer where the image layer's y/x axes are, in the same units."""
+    axes = list(yx)
+    layer.scale = np.asarray(image_layer.scale)[axes]
+    layer.translate = np.asarray(image_layer.translate)[axes]
+    layer.units = tuple(np.asarray(image_layer.units, dtype=object)[axes])
 
 
 def raise_grid(viewer) -> None:
@@ -33,10 +54,11 @@ def prepare_labels_layer(viewer, image_layer, yx: tuple[int, int], info: Any, mu
     as soon as an image and a model are chosen (``visible=False``), and the Run click only reuses it.
     """
     name = labels_name(image_layer)
-    empty = np.zeros((1, 1), np.uint8)
-    placeholder = [np.zeros((2, 2), np.uint8), empty] if multiscale else empty
+    lead = (1,) * (len(yx) - 2)   # a stack's labels have its leading axes, so they scroll with the image
+    empty = np.zeros((*lead, 1, 1), np.uint8)
+    placeholder = [np.zeros((*lead, 2, 2), np.uint8), empty] if multiscale else empty
     existing = next((layer for layer in viewer.layers if layer.name == name), None)
-    if existing is not None and existing.multiscale == multiscale:
+    if existing is not None and existing.multiscale == multiscale and existing.ndim == len(yx):
         existing.data = placeholder
         layer = existing
     else:
@@ -48,8 +70,7 @@ def prepare_labels_layer(viewer, image_layer, yx: tuple[int, int], info: Any, mu
         )
     layer.colormap = label_colormap(info.class_colors)
     layer.features = {"index": list(range(len(info.class_names))), "class": list(info.class_names)}
-    layer.scale = np.asarray(image_layer.scale)[list(yx)]
-    layer.translate = np.asarray(image_layer.translate)[list(yx)]
+    _place(layer, image_layer, yx)
     layer.visible = visible
     raise_grid(viewer)
     return layer
@@ -83,7 +104,9 @@ def add_feature_maps(viewer, image_layer, yx: tuple[int, int], result: Any, down
             image_translate=np.asarray(image_layer.translate)[list(yx)],
         )
         visible = key == "communicated"  # toggle the eye to compare with the maps before communication
-        added.append(viewer.add_image(maps, name=name, visible=visible, metadata={"ddunet_derived": True}, **kwargs))
+        units = ("pixel", *np.asarray(image_layer.units, dtype=object)[list(yx)])
+        added.append(viewer.add_image(maps, name=name, visible=visible, metadata={"ddunet_derived": True},
+                                      units=units, **kwargs))
     raise_grid(viewer)
     viewer.layers.selection.active = added[-1] if added else image_layer
     return added
@@ -111,6 +134,7 @@ def add_comparison(viewer, image_layer, yx, shape: tuple[int, ...], info: Any, r
         contrast_limits=image_layer.contrast_limits,
         scale=image_layer.scale,
         translate=full_translate,
+        units=image_layer.units,
         metadata={"ddunet_derived": True},
     )
     data, multiscale = labels_layer_data(result.labels, output=output)
@@ -121,6 +145,7 @@ def add_comparison(viewer, image_layer, yx, shape: tuple[int, ...], info: Any, r
         colormap=label_colormap(info.class_colors),
         scale=scale,
         translate=shift,
+        units=tuple(np.asarray(image_layer.units, dtype=object)[[ya, xa]]),
         opacity=0.6,
         metadata={"ddunet_derived": True},
     )
