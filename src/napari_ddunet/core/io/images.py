@@ -1,14 +1,15 @@
 """Lazy image sources: numpy, dask, zarr v3 arrays/groups, TIFF (through tifffile) and OME-Zarr.
 
 Nothing here loads a whole image: :class:`ImageSource` reads rectangles on demand, reflects them
-at the bottom/right border when a subdomain sticks out of the image (see :mod:`.grid`), keeps the
-channels the model takes (an RGBA image feeds an RGB model by dropping alpha) and returns float64
-(C, h, w) arrays. Normalisation happens later in the engine, with the checkpoint's global statistics.
+at the bottom/right border when a subdomain sticks out of the image (see :mod:`.grid`), reads only
+the bands the model takes (the caller's ``channels``, in their order; alpha is left out only where the
+file says a band is alpha) and returns float64 (C, h, w) arrays. Normalisation happens later in the
+engine, with the checkpoint's global statistics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ class InputError(DDUNetError):
 
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: Formats that are decoded whole (no tiles): fine for photos and microscope snapshots.
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _is_dask(array: Any) -> bool:
@@ -44,6 +47,8 @@ class OpenedImage:
     axes: list[str] | None          # lower-case axis names when the format records them (c, y, x, t, z)
     scale: tuple[float, ...] | None  # level 0's pixel size per axis (OME-Zarr coordinateTransformations)
     description: str
+    alpha: bool = False              # the file marks the last band as alpha (TIFF ExtraSamples, PNG RGBA/LA)
+    calibration: ome.Calibration | None = None  # pixel size, origin and unit per axis, where the file says
 
     @property
     def array(self) -> Any:
@@ -60,7 +65,8 @@ def _open_group(group: Any, where: str) -> OpenedImage:
                 levels.append(group[dataset["path"]])
             except KeyError:
                 raise InputError(f"{where}: OME-Zarr level {len(levels)} ({dataset['path']!r}) is missing") from None
-        return OpenedImage(levels, ome.axis_names(entry), ome.level_scale(entry["datasets"][0], entry), where)
+        return OpenedImage(levels, ome.axis_names(entry), ome.level_scale(entry["datasets"][0], entry), where,
+                           calibration=ome.calibration(entry))
     arrays = sorted(name for name, _ in group.arrays())
     if "0" in arrays:
         return OpenedImage([group["0"]], None, None, where)
@@ -77,21 +83,52 @@ def _open_tiff(path: Path) -> OpenedImage:
     try:
         with tifffile.TiffFile(path) as tif:
             axes = ["c" if a in "CS" else a.lower() for a in tif.series[0].axes.upper()]
+            alpha = _tiff_alpha(tif.series[0].pages[0])
+            calibration = ome.tiff_calibration(tif, axes)
         node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
         levels = [node] if isinstance(node, zarr.Array) else [node[k] for k in sorted(node.array_keys(), key=int)]
     except Exception as error:
         raise InputError(f"cannot read TIFF {path}: {_first_line(error)}") from None
-    return OpenedImage(levels, axes, None, str(path))
+    return OpenedImage(levels, axes, None, str(path), alpha, calibration)
+
+
+def _open_picture(path: Path) -> OpenedImage:
+    """A PNG or JPEG, decoded whole by Pillow (neither format can be read by parts): YX, or YXC with the
+    alpha band the file declares (RGBA, LA); a palette image becomes the RGB(A) it shows."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as picture:
+            if picture.mode in ("P", "PA"):
+                picture = picture.convert("RGBA" if "transparency" in picture.info or picture.mode == "PA" else "RGB")
+            mode = picture.mode
+            array = np.asarray(picture)
+    except Image.DecompressionBombError:
+        raise InputError(f"{path} is too large to decode as a whole ({path.suffix}); convert it to a tiled TIFF "
+                         "or zarr, which are read by parts") from None
+    except Exception as error:
+        raise InputError(f"cannot read {path}: {_first_line(error)}") from None
+    axes = ["y", "x"] if array.ndim == 2 else ["y", "x", "c"]
+    return OpenedImage([array], axes, None, str(path), mode in ("RGBA", "LA"))
+
+
+def _tiff_alpha(page: Any) -> bool:
+    """Whether the page's last sample is alpha: ExtraSamples 1 (associated) or 2 (unassociated)."""
+    extra = tuple(int(value) for value in (getattr(page, "extrasamples", None) or ()))
+    return bool(extra) and extra[-1] in (1, 2)
 
 
 def open_levels(image: Any) -> OpenedImage:
     """Open ``image`` lazily: a path (.tif/.tiff, .zarr/.ome.zarr, .npy), a zarr group or array, numpy or dask.
 
     The one opener of the package: the engine, the napari reader, the trainer and the readers of the
-    engine's own store all call it.
+    engine's own store all call it. An :class:`OpenedImage` (one plane of a stack, or an image whose
+    axes the caller named) is returned as it is.
     """
     import zarr
 
+    if isinstance(image, OpenedImage):
+        return image
     if isinstance(image, str | Path):
         path = Path(image)
         if not path.exists():
@@ -112,7 +149,9 @@ def open_levels(image: Any) -> OpenedImage:
                 return OpenedImage([np.load(path, mmap_mode="r")], None, None, str(path))
             except Exception as error:
                 raise InputError(f"cannot read {path}: {error}") from None
-        raise InputError(f"unsupported input format: {path} (use .tif/.tiff, .zarr/.ome.zarr or .npy)")
+        if name.endswith(PICTURE_SUFFIXES):
+            return _open_picture(path)
+        raise InputError(f"unsupported input format: {path} (use .tif/.tiff, .zarr/.ome.zarr, .png, .jpg or .npy)")
     description = f"{type(image).__name__} of shape {tuple(getattr(image, 'shape', ()))}"
     if isinstance(image, zarr.Group):
         return _open_group(image, "zarr group")
@@ -139,8 +178,11 @@ class ImageSource:
 
     array: Any
     channel_axis: int | None
-    channels: int            # channels passed to the model (alpha dropped)
+    channels: int            # channels passed to the model
     description: str
+    bands: tuple[int, ...] | None = None  # the bands read, in this order; None: every band as stored
+    note: str = ""                        # how the bands were chosen, for the run's first message
+    calibration: ome.Calibration | None = None  # y and x pixel size, origin and unit, where the input says
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -151,21 +193,49 @@ class ImageSource:
     def dtype(self) -> np.dtype:
         return np.dtype(self.array.dtype)
 
-    def _take(self, rows: slice, cols: slice) -> np.ndarray:
+    def _get(self, bands: slice, rows: slice, cols: slice) -> np.ndarray:
+        """The stored bands ``bands`` of a rectangle as (C, h, w), read from the array as stored."""
         if self.channel_axis is None:
             block = self.array[rows, cols]
         elif self.channel_axis == 0:
-            block = self.array[: self.channels, rows, cols]
+            block = self.array[bands, rows, cols]
         else:
-            block = self.array[rows, cols, : self.channels]
+            block = self.array[rows, cols, bands]
         if _is_dask(block):
             block = block.compute()
         block = np.asarray(block)
         if self.channel_axis is None:
-            block = block[None]
-        elif self.channel_axis == 2:
-            block = np.moveaxis(block, 2, 0)
+            return block[None]
+        return np.moveaxis(block, 2, 0) if self.channel_axis == 2 else block
+
+    def _take(self, rows: slice, cols: slice) -> np.ndarray:
+        """The chosen bands of a rectangle, read band-selective: an evenly spaced set in one strided
+        read, else each band alone (CYX) or the span between the first and last (YXC, whose chunks
+        hold every band anyway); never every band of a CYX image for three of them."""
+        if self.bands is None or self.channel_axis is None:
+            block = self._get(slice(None), rows, cols)
+            if self.bands is not None:
+                block = block[list(self.bands)]
+            return block.astype(np.float64, copy=False)
+        wanted = sorted(set(self.bands))
+        step = wanted[1] - wanted[0] if len(wanted) > 1 else 1
+        if wanted == list(range(wanted[0], wanted[-1] + 1, step)):
+            block = self._get(slice(wanted[0], wanted[-1] + 1, step), rows, cols)
+            where = {band: i for i, band in enumerate(wanted)}
+        elif self.channel_axis == 0:
+            block = np.concatenate([self._get(slice(band, band + 1), rows, cols) for band in wanted])
+            where = {band: i for i, band in enumerate(wanted)}
+        else:
+            block = self._get(slice(wanted[0], wanted[-1] + 1), rows, cols)
+            where = {band: band - wanted[0] for band in wanted}
+        order = [where[band] for band in self.bands]
+        if order != list(range(len(block))):
+            block = block[order]
         return block.astype(np.float64, copy=False)
+
+    def window(self, rows: slice, cols: slice) -> np.ndarray:
+        """The chosen bands of ``array[rows, cols]`` (strides allowed, no reflection) as float64 (C, h, w)."""
+        return self._take(rows, cols)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Pixels [y0, y1) x [x0, x1) as float64 (C, h, w), reflected where they leave the image."""
@@ -195,23 +265,24 @@ class ImageSource:
 
 
 def _channel_axis_of(shape: tuple[int, ...], axes: list[str] | None, channel_axis: int | None,
-                    in_channels: int | None) -> int | None:
+                    in_channels: int | None, yx_shape: Sequence[int] | None = None) -> int | None:
     """The channel axis as an index into ``shape`` (unsqueezed): the caller's, else :mod:`.layout`'s rule."""
     if channel_axis is None:
-        return layout.infer_channel_axis(shape, axes_names=axes, in_channels=in_channels)
+        return layout.infer_channel_axis(shape, axes_names=axes, in_channels=in_channels, yx_shape=yx_shape)
     if not -len(shape) <= channel_axis < len(shape):
         raise InputError(f"channel_axis={channel_axis} is not an axis of an image of shape {shape}")
     return channel_axis % len(shape)
 
 
-def image_layout(opened: OpenedImage, *, channel_axis: int | None = None,
-                 in_channels: int | None = None) -> tuple[Any, int | None]:
+def image_layout(opened: OpenedImage, *, channel_axis: int | None = None, in_channels: int | None = None,
+                 yx_shape: Sequence[int] | None = None) -> tuple[Any, int | None]:
     """Level 0 of ``opened`` without the unit axes :mod:`.layout` drops, and its channel axis in that
-    (2D or 3D) array: ``channel_axis`` (an axis of the image as given) or the inferred one, or None."""
+    (2D or 3D) array: ``channel_axis`` (an axis of the image as given) or the inferred one, or None.
+    ``yx_shape`` (a training mask's shape) tells the channel axis of an image with many bands."""
     array = opened.array
     full = tuple(int(s) for s in array.shape)
     axes = opened.axes if opened.axes is not None and len(opened.axes) == len(full) else None
-    axis = _channel_axis_of(full, axes, channel_axis, in_channels) if full else None
+    axis = _channel_axis_of(full, axes, channel_axis, in_channels, yx_shape) if full else None
     kept = layout.kept_axes(full, axes_names=axes, keep=axis) if full else ()
     array = _squeeze(array, tuple(i for i in range(len(full)) if i not in kept))
     shape = tuple(full[i] for i in kept)
@@ -226,44 +297,84 @@ def image_layout(opened: OpenedImage, *, channel_axis: int | None = None,
         return array, None
     if axis is None:
         raise InputError(
-            f"cannot tell the channel axis of a {shape} image (no axis of at most {layout.MAX_CHANNELS} "
-            "channels); pass channel_axis=0 (CYX) or -1 (YXC)"
+            f"cannot tell the channel axis of a {shape} image (neither its first nor its last axis has at "
+            f"most {layout.MAX_CHANNELS} entries); name it: --channel-axis 0 (CYX) or -1 (YXC), channel_axis= "
+            "in Python"
         )
     if kept.index(axis) == 1:
         raise InputError(f"channel_axis must be the first (CYX) or last (YXC) image axis, got {channel_axis}")
     return array, kept.index(axis)
 
 
-def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int | None = None) -> ImageSource:
+def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int | None = None,
+               channels: Sequence[int] | None = None, yx_shape: Sequence[int] | None = None) -> ImageSource:
     """Wrap ``image`` (array or path) as an :class:`ImageSource` that feeds ``in_channels`` channels.
 
-    2D images are YX (one channel); 3D images are YXC or CYX, guessed from file metadata (TIFF, OME-Zarr)
+    2D images are YX (one band); 3D images are YXC or CYX, guessed from file metadata (TIFF, OME-Zarr)
     or by :func:`.layout.infer_channel_axis`, or fixed by ``channel_axis`` (an axis of ``image`` as
-    given, unit axes included). Unit axes are dropped by :func:`.layout.dropped_axes`. An RGBA image
-    feeds an RGB model without its alpha channel; any other channel mismatch is an :class:`InputError`.
+    given, unit axes included). Unit axes are dropped by :func:`.layout.dropped_axes`. ``channels``
+    picks bands of the channel axis by index, in that order (repeats allowed: ``(0, 0, 0)`` feeds a
+    grey image to an RGB model); without it every band feeds the model, except a band the file marks
+    as alpha when the model takes one band fewer. Any other band-count mismatch is an :class:`InputError`.
+    ``image`` may also be an :class:`OpenedImage`; ``yx_shape`` is passed to :func:`image_layout`.
     """
     opened = open_levels(image)
-    array, axis = image_layout(opened, channel_axis=channel_axis, in_channels=in_channels)
+    hint = in_channels if channels is None else None  # a selection says nothing of the image's band count
+    array, axis = image_layout(opened, channel_axis=channel_axis, in_channels=hint, yx_shape=yx_shape)
     shape = tuple(int(s) for s in array.shape)
     dtype = np.dtype(array.dtype)
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == np.bool_):
         raise InputError(f"unsupported pixel type {dtype}; use integer or floating-point pixels")
     have = 1 if axis is None else shape[axis]
-    use = have
-    if in_channels is not None and have != in_channels:
-        if have == 4 and in_channels == 3:
-            use = 3
-        else:
-            name = "YX" if axis is None else ("CYX" if axis == 0 else "YXC")
-            raise InputError(
-                f"image has {have} channel{'s' if have != 1 else ''} ({name}, shape {shape}) but the "
-                f"checkpoint expects {in_channels}"
-            )
-    source = ImageSource(array, axis, use, opened.description)
+    where = "YX" if axis is None else f"{'CYX' if axis == 0 else 'YXC'}, shape {shape}"
+    bands, note = choose_bands(have, in_channels, channels, alpha=opened.alpha and axis is not None, where=where)
+    calibration = None if opened.calibration is None else opened.calibration.select(("y", "x"))
+    source = ImageSource(array, axis, have if bands is None else len(bands), opened.description, bands, note,
+                         calibration)
     height, width = source.shape
     if height == 0 or width == 0:
         raise InputError(f"image is empty (shape {shape})")
     return source
+
+
+def choose_bands(have: int, in_channels: int | None, channels: Sequence[int] | None, *, alpha: bool = False,
+                 where: str = "") -> tuple[tuple[int, ...] | None, str]:
+    """The bands to read of an image with ``have`` bands (None: all, as stored) and a note saying how
+    they were chosen; raises :class:`InputError` for a band that does not exist or a count the model
+    does not take. The one rule for the engine, the widget and the trainer."""
+    if channels is not None:
+        chosen = tuple(channels)
+        if not chosen:
+            raise InputError("no bands chosen; give at least one band index with --channels")
+        for band in chosen:
+            if isinstance(band, bool) or not isinstance(band, int | np.integer) or not 0 <= band < have:
+                plural = "s" if have != 1 else ""
+                raise InputError(f"band {band!r} does not exist: the image has {have} band{plural} "
+                                 f"(--channels takes indices 0..{have - 1})")
+        chosen = tuple(int(band) for band in chosen)
+        if in_channels is not None and len(chosen) != in_channels:
+            raise InputError(f"{len(chosen)} band{'s' if len(chosen) != 1 else ''} chosen "
+                             f"({' '.join(map(str, chosen))}), the model expects {in_channels}")
+        if chosen == tuple(range(have)):
+            return None, ""
+        return chosen, f"bands {', '.join(map(str, chosen))} of {have}"
+    if in_channels is None or have == in_channels:
+        return None, ""
+    if alpha and have - 1 == in_channels:
+        return tuple(range(in_channels)), f"bands 0..{in_channels - 1} of {have} (band {have - 1} is alpha)"
+    raise InputError(layout.band_mismatch(have, in_channels, where))
+
+
+def check_readable(source: ImageSource, box: tuple[int, int, int, int] | None = None) -> None:
+    """Decode the first, last and middle pixels of ``box`` (the blocks, tiles or strips that hold them),
+    so that a file that cannot be decoded (a truncated TIFF, a codec that is not installed) fails here,
+    in one line, before any output exists."""
+    top, bottom, left, right = box if box is not None else (0, source.shape[0], 0, source.shape[1])
+    for y, x in ((top, left), ((top + bottom) // 2, (left + right) // 2), (bottom - 1, right - 1)):
+        try:
+            source.read(y, y + 1, x, x + 1)
+        except Exception as error:
+            raise InputError(f"cannot decode {source.description} at (y={y}, x={x}): {_first_line(error)}") from None
 
 
 def check_finite(source: ImageSource, box: tuple[int, int, int, int] | None = None) -> None:
