@@ -155,6 +155,20 @@ def test_resume_names_the_input_layout_that_differs(files, partial, tmp_path):
                 logits=True, features=True, resume=True)
 
 
+def test_a_stack_whose_last_plane_differs_is_refused(tmp_path):
+    """A stack samples its first, middle and last plane: another last plane is named."""
+    model = tiny_model()
+    stack = np.stack([image(seed=s) for s in range(3)])
+    out = tmp_path / "stack.zarr"
+    kwargs = {"axes": "ZYX", "subdomain_size": SUB, "dtype": torch.float64, "output": out}
+    segment(stack, model, planes=[0], **kwargs)
+    segment(stack, model, resume=True, **kwargs)
+    other = stack.copy()
+    other[2] = image(seed=9)
+    with pytest.raises(DDUNetError, match=r"another image \(pixels y=0..31, x=0..31 of sampled plane 3 of 3"):
+        segment(other, model, resume=True, **kwargs)
+
+
 def test_fingerprint_samples_blocks_spread_over_the_image():
     blocks = sample_blocks((75, 161))
     assert len(blocks) == 16

@@ -1,12 +1,12 @@
 """What a resumed run must match: a fingerprint of the input and of the request, and the comparison.
 
 A store records, at creation, the input's layout (shape, dtype, channel axis, channels) and a content hash
-of a few small blocks spread over the image, read through the run's own
-:class:`~napari_ddunet.core.io.images.ImageSource`, beside the request's settings (weights digest, architecture,
-subdomain size, grid, region, exchange, compute dtype, optional outputs, normalisation). ``--resume``
-recomputes the hashes on the blocks the store names, so another image of the same shape is refused
-before a single subdomain is computed. A store written before a key existed is compared on the keys
-it has.
+of a few small blocks spread over the image (over the first, middle and last plane of a stack), read
+through the run's own :class:`~napari_ddunet.core.io.images.ImageSource`, beside the request's settings
+(weights digest, architecture, subdomain size, grid, region, exchange, compute dtype, optional outputs,
+normalisation). ``--resume`` recomputes the hashes on the blocks the store names, so another image of the
+same shape is refused before a single subdomain is computed. A store written before a key existed is
+compared on the keys it has.
 """
 
 from __future__ import annotations
@@ -44,17 +44,20 @@ def sample_blocks(shape: tuple[int, int]) -> list[list[int]]:
     return [[y, y + bh, x, x + bw] for y in ys for x in xs]
 
 
-def block_digests(source: ImageSource, blocks: list[list[int]]) -> list[str]:
-    """A short sha256 of each block's pixels as the run reads them (float64, channels first)."""
+def block_digests(sources: list[ImageSource], blocks: list[list[int]]) -> list[str]:
+    """A short sha256 of each block's pixels as the run reads them (float64, channels first), plane after plane."""
     digests = []
-    for y0, y1, x0, x1 in blocks:
-        block = np.ascontiguousarray(source.read(y0, y1, x0, x1), dtype=np.float64)
-        digests.append(hashlib.sha256(block.tobytes()).hexdigest()[:16])
+    for source in sources:
+        for y0, y1, x0, x1 in blocks:
+            block = np.ascontiguousarray(source.read(y0, y1, x0, x1), dtype=np.float64)
+            digests.append(hashlib.sha256(block.tobytes()).hexdigest()[:16])
     return digests
 
 
-def input_fingerprint(source: ImageSource) -> dict[str, Any]:
-    """The ``input`` attribute of a new store: layout and the content hash of the sample blocks."""
+def input_fingerprint(sources: list[ImageSource]) -> dict[str, Any]:
+    """The ``input`` attribute of a new store: layout of the (first) plane and the hash of the sample blocks
+    of every sampled plane."""
+    source = sources[0]
     blocks = sample_blocks(source.shape)
     return {
         "shape": [int(s) for s in source.array.shape],
@@ -62,12 +65,13 @@ def input_fingerprint(source: ImageSource) -> dict[str, Any]:
         "channel_axis": source.channel_axis,
         "channels": int(source.channels),
         "blocks": blocks,
-        "digests": block_digests(source, blocks),
+        "digests": block_digests(sources, blocks),
     }
 
 
-def resume_mismatch(stored: dict[str, Any], meta: dict[str, Any], source: ImageSource) -> str | None:
-    """What differs between a store's attributes and this run (``meta``, its source), or None when it may resume.
+def resume_mismatch(stored: dict[str, Any], meta: dict[str, Any], sources: list[ImageSource]) -> str | None:
+    """What differs between a store's attributes and this run (``meta``, its sampled planes), or None when it
+    may resume.
 
     Only keys the store has are compared, so stores written before a key existed still resume.
     """
@@ -81,22 +85,25 @@ def resume_mismatch(stored: dict[str, Any], meta: dict[str, Any], source: ImageS
                 return f"it was made by a model with {key}={old[key]!r}, this one has {new.get(key)!r}"
     if "input" not in stored:
         return None
-    return _input_mismatch(stored["input"], meta["input"], source)
+    return _input_mismatch(stored["input"], meta["input"], sources)
 
 
-def _input_mismatch(old: Any, new: dict[str, Any], source: ImageSource) -> str | None:
+def _input_mismatch(old: Any, new: dict[str, Any], sources: list[ImageSource]) -> str | None:
     if not isinstance(old, dict):
         return "its input fingerprint is unreadable"
     for key in LAYOUT_KEYS:
         if key in old and old[key] != new[key]:
             return f"it was made from an input with {key}={old[key]!r}, this input has {new[key]!r}"
     blocks, digests = old.get("blocks"), old.get("digests")
-    if not _valid_blocks(blocks, source.shape) or not isinstance(digests, list) or len(digests) != len(blocks):
+    valid = _valid_blocks(blocks, sources[0].shape) and isinstance(digests, list)
+    if not valid or len(digests) != len(blocks) * len(sources):
         return "its input fingerprint is unreadable"
-    current = new["digests"] if blocks == new["blocks"] else block_digests(source, blocks)
-    for (y0, y1, x0, x1), was, now in zip(blocks, digests, current, strict=True):
+    current = new["digests"] if blocks == new["blocks"] else block_digests(sources, blocks)
+    for i, (was, now) in enumerate(zip(digests, current, strict=True)):
         if was != now:
-            return f"it was made from another image (pixels y={y0}..{y1 - 1}, x={x0}..{x1 - 1} differ)"
+            y0, y1, x0, x1 = blocks[i % len(blocks)]
+            where = f" of sampled plane {i // len(blocks) + 1} of {len(sources)}" if len(sources) > 1 else ""
+            return f"it was made from another image (pixels y={y0}..{y1 - 1}, x={x0}..{x1 - 1}{where} differ)"
     return None
 
 

@@ -15,6 +15,7 @@ from napari_ddunet.core.inference.request import EngineError, SegmentRequest
 from napari_ddunet.core.inference.schedule import SchedulePlan
 from napari_ddunet.core.inference.sink import STORE_VERSION, Sink
 from napari_ddunet.core.io import ome
+from napari_ddunet.core.io.images import ImageSource
 
 
 def host(tensor: torch.Tensor) -> np.ndarray:
@@ -68,11 +69,20 @@ def store_metadata(request: SegmentRequest, schedule: SchedulePlan) -> dict[str,
         "empty_chunks": "written",
     }
     if policy.path is not None:
-        meta["input"] = input_fingerprint(request.source)
+        meta["input"] = input_fingerprint(sampled_planes(request))
     if request.stack is not None:
         # a stack's arrays carry its leading axes (core/inference/stack.py); a 2D store has no such key
         meta["stack"] = {"axes": list(request.stack.names), "shape": list(request.stack.shape)}
     return meta
+
+
+def sampled_planes(request: SegmentRequest) -> list[ImageSource]:
+    """The planes the input fingerprint samples: the image, or a stack's first, middle and last plane."""
+    if request.stack is None:
+        return [request.source]
+    indices = request.stack.indices()
+    picks = sorted({0, len(indices) // 2, len(indices) - 1})
+    return [request.open_plane(request.stack.plane(indices[i])) for i in picks]
 
 
 def _colors(request: SegmentRequest) -> list[list[Any]] | None:
@@ -88,7 +98,7 @@ def _make_sink(request: SegmentRequest, meta: dict[str, Any], reopen: bool, veri
                 compute_dtype=host(torch.empty((), dtype=request.dtype)).dtype,
                 probabilities=policy.probabilities, features=policy.features, logits=policy.logits,
                 meta=meta, colors=_colors(request), resume=reopen,
-                mismatch=lambda stored: resume_mismatch(stored, meta, request.source), verify=verify,
+                mismatch=lambda stored: resume_mismatch(stored, meta, sampled_planes(request)), verify=verify,
                 leading=() if request.stack is None else tuple(zip(request.stack.names, request.stack.shape,
                                                                    strict=True)))
 
