@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from napari_ddunet.core.checkpoints.format import default_class_names
 from napari_ddunet.core.data import synthetic
 from napari_ddunet.core.errors import DDUNetError
-from napari_ddunet.core.io.images import OpenedImage, image_layout, open_levels
+from napari_ddunet.core.io.images import ImageSource, OpenedImage, open_image, open_levels
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -200,25 +200,17 @@ class CropDataset(Dataset):
 
 
 class _ChannelsLast:
-    """An image of any layout viewed as (H, W, C), read only where sliced."""
+    """An image of any layout and band count viewed as (H, W, C) float64 of its chosen bands, read
+    only where sliced (and only those bands)."""
 
-    def __init__(self, array, channel_axis: int | None) -> None:
-        self.array = array
-        self.channel_axis = channel_axis
-        shape = tuple(int(s) for s in array.shape)
-        if channel_axis is None:
-            self.shape = (*shape, 1)
-        elif channel_axis == 0:
-            self.shape = (*shape[1:], shape[0])
-        else:
-            self.shape = shape
+    def __init__(self, source: ImageSource) -> None:
+        self.source = source
+        self.shape = (*source.shape, source.channels)
+        self.dtype = np.dtype(np.float64)
 
     def __getitem__(self, key) -> np.ndarray:
         rows, cols = key
-        if self.channel_axis == 0:
-            return np.moveaxis(np.asarray(self.array[:, rows, cols]), 0, -1)
-        block = np.asarray(self.array[rows, cols])
-        return block[..., None] if self.channel_axis is None else block
+        return np.moveaxis(self.source.window(rows, cols), 0, -1)
 
 
 def _open(path: Path) -> OpenedImage:
@@ -236,10 +228,11 @@ def _open(path: Path) -> OpenedImage:
         raise DatasetError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
 
 
-def _open_image(path: Path) -> _ChannelsLast:
-    """An image as (H, W, C), its channel axis told by the one layout rule of :mod:`napari_ddunet.core.io`."""
+def _open_image(path: Path, yx_shape: tuple[int, ...], channels: Sequence[int] | None) -> _ChannelsLast:
+    """An image as (H, W, C) of its ``channels`` (all bands when None), its channel axis told by the one
+    layout rule of :mod:`napari_ddunet.core.io`, which the mask's shape settles for any number of bands."""
     try:
-        return _ChannelsLast(*image_layout(_open(path)))
+        return _ChannelsLast(open_image(_open(path), channels=channels, yx_shape=yx_shape))
     except DDUNetError as error:
         raise DatasetError(f"{path}: {error}") from None
 
@@ -272,10 +265,11 @@ def _pairs(directory: Path, kind: str) -> list[tuple[Path, Path]]:
     return [(images[k], masks[k]) for k in sorted(images)]
 
 
-def _load_sources(pairs: list[tuple[Path, Path]]) -> list[Source]:
+def _load_sources(pairs: list[tuple[Path, Path]], channels: Sequence[int] | None) -> list[Source]:
     sources = []
     for image_path, mask_path in pairs:
-        image, mask = _open_image(image_path), _open_mask(mask_path)
+        mask = _open_mask(mask_path)
+        image = _open_image(image_path, tuple(mask.shape), channels)
         if tuple(image.shape[:2]) != tuple(mask.shape):
             raise DatasetError(
                 f"{image_path.name}: image is {tuple(image.shape[:2])} but its mask is {tuple(mask.shape)}"
@@ -335,11 +329,13 @@ def pairs_task(
     samples: int | None = None,
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
+    channels: Sequence[int] | None = None,
 ) -> TaskData:
     """Image/mask pairs (``kind`` 'folder' for PNG/TIFF, 'zarr' for zarr stores).
 
     ``root`` holds ``images/`` and ``masks/`` (split 80/10/10 by the seed) or ``train/``,
-    ``val/`` and ``test/`` folders that each hold them.
+    ``val/`` and ``test/`` folders that each hold them. ``channels`` picks bands by index, in that
+    order (``--channels``); by default every band of every image, any number of them.
     """
     root = Path(root)
     if not root.is_dir():
@@ -348,10 +344,11 @@ def pairs_task(
         split = {s: _pairs(root / s, kind) for s in SPLITS}
     else:
         split = _split_pairs(_pairs(root, kind), seed)
-    sources = {s: _load_sources(p) for s, p in split.items()}
-    channels = {int(src.image.shape[2]) for group in sources.values() for src in group}
-    if len(channels) != 1:
-        raise DatasetError(f"{root}: images have different channel counts {sorted(channels)}")
+    sources = {s: _load_sources(p, channels) for s, p in split.items()}
+    counts = {int(src.image.shape[2]) for group in sources.values() for src in group}
+    if len(counts) != 1:
+        raise DatasetError(f"{root}: images have different band counts {sorted(counts)}; choose the same bands "
+                           "of each with --channels")
     found = max(_mask_max(src) for group in sources.values() for src in group) + 1
     if num_classes is None:
         num_classes = max(found, 2)
@@ -365,7 +362,7 @@ def pairs_task(
         CropDataset(sources["train"], crop, True, seed, samples, augment),
         CropDataset(sources["val"], crop, False, seed),
         CropDataset(sources["test"], crop, False, seed),
-        channels.pop(), num_classes, names, None, mean, std, crop,
+        counts.pop(), num_classes, names, None, mean, std, crop,
     )
 
 

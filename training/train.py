@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use at most this many validation and test samples (evenly spaced; quick runs)")
     data.add_argument("--num-classes", type=int, help="image datasets: number of classes (default: max label + 1)")
     data.add_argument("--class-names", nargs="+", help="image datasets: one name per class")
+    data.add_argument("--channels", type=int, nargs="+", metavar="BAND",
+                      help="image datasets: the bands to train on, by index and in this order, e.g. --channels 3 2 1 "
+                           "(default: every band; any number)")
     data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                       help="random flips and rot90 (default: on for image datasets, off for synthetic)")
 
@@ -142,6 +145,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise TrainingError("--lr must be positive")
     if args.dataset in ("folder", "zarr") and args.data is None:
         raise TrainingError(f"--dataset {args.dataset} needs --data DIR")
+    if args.channels is not None and args.dataset not in ("folder", "zarr"):
+        raise TrainingError(f"--channels applies to --dataset folder or zarr, not {args.dataset}")
     if args.pretrained is not None and args.encoder != "resnet18":
         raise TrainingError("--pretrained only applies to --encoder resnet18")
     if args.resume and not (args.output / "last.pt").is_file():
@@ -164,7 +169,7 @@ def _build_task(args: argparse.Namespace, grid: tuple[int, int], size: tuple[int
     if args.dataset == "bluemarble":
         return datasets.bluemarble_task(crop, args.seed, augment, args.samples_per_epoch)
     return datasets.pairs_task(args.data, args.dataset, crop, args.seed, augment, args.samples_per_epoch,
-                               args.num_classes, args.class_names)
+                               args.num_classes, args.class_names, args.channels)
 
 
 def build_config(args: argparse.Namespace, task: datasets.TaskData) -> ModelConfig:
