@@ -2,8 +2,11 @@
 
 The values that belong to the user (checkpoint, subdomain size, grid, devices, budget, features,
 current view) are stored by magicgui in its cache folder and restored in the next session. The image,
-its channel axis and the output store belong to one image, so they are never stored: a new session
-or another image starts without an output path.
+its channel axis, its bands and the output store belong to one image, so they are never stored: a new
+session or another image starts without an output path.
+
+The band picker ("Bands") lists the bands of the channel axis that feed the model, in order
+(2, 1, 0 feeds R, G, B of a B, G, R, NIR image); it shows only when the image has a channel axis.
 """
 
 
@@ -17,8 +20,12 @@ from napari_ddunet.core.inference.devices import available_devices
 from napari_ddunet.plugin.settings import PluginDefaults
 
 NO_MODEL = "(choose a checkpoint)"
+#: The "Planes" choices of a stack (an image with t/z axes): every plane, or the one the viewer shows.
+WHOLE_STACK, CURRENT_PLANE = "whole stack", "current plane"
 #: Form fields that describe one image, not the user's preferences: never persisted.
-PER_IMAGE_FIELDS = frozenset({"image", "channel_axis", "output", "model", "grid"})
+PER_IMAGE_FIELDS = frozenset({"image", "channel_axis", "bands", "output", "model", "grid"})
+#: The largest band index a picker entry takes (the engine names a band the image lacks).
+MAX_BAND = 1 << 16
 
 
 class RunForm(FunctionGui):
@@ -42,6 +49,7 @@ def _ddunet_form(
     model: str = NO_MODEL,
     checkpoint: Path = Path(),
     channel_axis: Any = None,
+    bands: list[int] = [0],  # noqa: B006 (a default for the form, never mutated)
     subdomain_size: tuple[int, int] = (256, 256),
     show_grid: bool = True,
     grid: str = "",
@@ -50,6 +58,7 @@ def _ddunet_form(
     memory_budget_mb: int = 0,
     features: bool = True,
     current_view_only: bool = False,
+    planes: str = WHOLE_STACK,
 ) -> None:
     """The form's fields; the dock widget reads them, nothing is called."""
 
@@ -66,6 +75,8 @@ def build_form(image_choices, bundled_names: list[str], defaults: PluginDefaults
         image={"label": "Image layer"},
         channel_axis={"widget_type": "ComboBox", "choices": [("none", None)], "label": "Channel axis",
                       "tooltip": "Axis of the image that holds channels (guessed; change it if wrong)"},
+        bands={"label": "Bands", "options": {"min": 0, "max": MAX_BAND},
+               "tooltip": "Bands of the channel axis that feed the model, in this order (+ adds one)"},
         subdomain_size={"label": "Subdomain h x w", "options": {"min": 8, "max": 1 << 16, "step": 8},
                         "tooltip": "Subdomain height and width in pixels (multiples of 2**depth)"},
         show_grid={"label": "Show subdomain grid"},
@@ -76,9 +87,28 @@ def build_form(image_choices, bundled_names: list[str], defaults: PluginDefaults
                           "tooltip": "Memory a run may use; 0: the engine decides (default: Preferences)"},
         features={"label": "Keep feature maps", "value": defaults.features},
         current_view_only={"label": "Current view only (quick preview)"},
+        planes={"widget_type": "ComboBox", "choices": [WHOLE_STACK, CURRENT_PLANE], "label": "Planes",
+                "tooltip": "A stack (t/z sliders): segment every plane, or only the one the viewer shows",
+                "visible": False},
     )
     options["memory_budget_mb"]["value"] = defaults.memory_budget_mb
     form = RunForm(_ddunet_form, call_button=False, persist=True, param_options=options)
     # napari's type registration for Image lists every image layer; ours leaves out derived ones.
     form.image.choices = image_choices
     return form
+
+
+def default_bands(have: int, in_channels: int | None) -> list[int]:
+    """The first bands, as many as the model takes (all of them without a model): RGB of an RGBA layer."""
+    return list(range(have if in_channels is None else min(have, in_channels)))
+
+
+def show_bands(form: RunForm, have: int | None, in_channels: int | None) -> None:
+    """Show the band picker for an image with ``have`` bands on its channel axis (hide it without one),
+    its entries reset to :func:`default_bands`."""
+    field = form.bands
+    field.visible = have is not None
+    if have is None:
+        return
+    field.label = f"Bands (0..{have - 1})"
+    field.value = default_bands(have, in_channels)
