@@ -2,15 +2,20 @@
 
 Like torch-em's ``predict_with_halo``, each stage is a named step with its own workers: two reader
 threads load and normalise subdomains, one thread per device encodes and decodes, :data:`WRITERS`
-threads write finished subdomains. What sits between the stages is bounded: at most one band of decode
-jobs waits behind the band being collected, the write queue is drained after every band, and the
+threads write finished subdomains. What sits between the stages is bounded by the schedule's memory
+plan: device jobs are queued lazily and launched (their read submitted, then the device job) in order
+while fewer than ``inflight`` subdomains are launched and not yet taken by the main thread, at most
+``writes`` subdomains wait for the writer, and the
 :class:`~napari_ddunet.core.inference.bottleneck.BottleneckCache` holds only the rows a later window
-still needs. Every chunk of the store belongs to one subdomain, so concurrent writers never share one.
+still needs. The main thread takes jobs in the order it queued them, so the job it waits for is always
+the next to launch once those before it are taken: the bounds never deadlock. Every chunk of the store
+belongs to one subdomain, so concurrent writers never share one.
 
 A band of subdomain rows can be finished once the ``k = ceil(halo / hb)`` rows below it are encoded:
 the communication network runs on the bottleneck rows ``[a - k, b + k)`` (all columns) and is cropped to
 ``[a, b)``. Its zero "same" padding only matters at the true mosaic border, which the window shares,
-so the result equals the monolithic forward.
+so the result equals the monolithic forward. The same holds across columns: the network runs on
+``comm_cols`` columns at a time plus ``halo_cols`` on each side, so its memory does not grow with the width.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from __future__ import annotations
 import copy
 import threading
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -37,8 +43,17 @@ from napari_ddunet.core.network.model import DDUNet
 #: Writer threads: every chunk has one subdomain, so writes of different subdomains never collide.
 WRITERS = 4
 
-#: A submitted decode job: its grid row, its columns and the device's future.
-DecodeJob = tuple[int, list[int], Future]
+
+
+@dataclass(eq=False)
+class Job:
+    """A device job of ``size`` subdomains of grid row ``row``; ``start`` submits its read and device work."""
+
+    row: int
+    cols: list[int]
+    size: int
+    start: Callable[[], Future]
+    future: Future | None = None
 
 
 def _batches(items: Sequence[int], size: int) -> list[list[int]]:
@@ -52,6 +67,8 @@ class Scheduler:
                  cancel: threading.Event | None) -> None:
         self.req, self.sink, self.cancel = request, sink, cancel
         self.batch = schedule.batch
+        self.limit, self.write_limit = schedule.inflight, schedule.writes
+        self.comm_cols, self.halo_cols = schedule.comm_cols, schedule.halo_cols
         self.mono = schedule.name == "monolithic"
         self.keep_skips = schedule.name in ("wavefront", "monolithic")
         self.k, self.cols, self.f = request.halo_rows, request.cols, request.sent_features
@@ -59,8 +76,12 @@ class Scheduler:
         self._load_progress_record()
         self.cache = BottleneckCache(self.cols, request.plan.bottleneck_tile, self.f, request.dtype)
         self.held: dict[tuple[int, int], list[torch.Tensor]] = {}
-        self.encoding: dict[int, list[tuple[list[int], Future]]] = {}
-        self.writes: deque[Future] = deque()
+        self.peak_held = 0   # most subdomains whose skips wait for their decode
+        self.encoding: dict[int, list[Job]] = {}
+        self.queued: deque[Job] = deque()      # jobs not launched yet, in the order the main thread takes them
+        self.inflight = self.peak_inflight = 0   # subdomains launched and not yet taken
+        self.writes: deque[tuple[Future, int]] = deque()
+        self.writing = self.peak_writes = 0      # subdomains whose results wait for the writer
         self.comm = None
         if request.exchange:
             self.comm = copy.deepcopy(request.model.comm).to(device=request.devices[0], dtype=request.dtype).eval()
@@ -124,12 +145,13 @@ class Scheduler:
             yield from self.encode_own_band()
         interrupted = yield from self._band_pipeline()
         yield from self.flush(block=True)
+        self.queued.clear()
         self.held.clear()
         return interrupted or (self.cancelled() and self.decoded < self.decode_total)
 
     def _band_pipeline(self) -> Generator[ProgressEvent, None, bool]:
         """Encode, communicate and submit band after band; collect one band while the next decodes."""
-        pending: deque[list[DecodeJob]] = deque()
+        pending: deque[list[Job]] = deque()
         depth = 0 if self.mono else 1
         interrupted = False
         for a, b in self.decode_bands:
@@ -152,6 +174,54 @@ class Scheduler:
         while pending:
             yield from self.collect_decode(pending.popleft())
         return interrupted
+
+    # -- the bounded job queue ------------------------------------------------------------------
+
+    def enqueue(self, job: Job) -> Job:
+        self.queued.append(job)
+        self._launch()
+        return job
+
+    def _launch(self) -> None:
+        """Launch queued jobs in order while the in-flight bound allows (one job always, if none is in flight);
+        none once cancelled."""
+        while self.queued and (not self.inflight or self.inflight + self.queued[0].size <= self.limit) \
+                and not self.cancelled():
+            job = self.queued.popleft()
+            job.future = job.start()
+            self.inflight += job.size
+            self.peak_inflight = max(self.peak_inflight, self.inflight)
+
+    def take(self, job: Job) -> Future | None:
+        """The job's future, launching it if it still waits; None when a cancel drops it unlaunched."""
+        if job.future is None:
+            if self.cancelled():
+                self.queued.remove(job)
+                return None
+            self._launch()
+        if job.future is None:   # not next in line: launch it anyway rather than wait on jobs behind it
+            self.queued.remove(job)
+            job.future = job.start()
+            self.inflight += job.size
+            self.peak_inflight = max(self.peak_inflight, self.inflight)
+        return job.future
+
+    def release(self, job: Job) -> None:
+        """The main thread has taken the job's result: its slots go to the next queued jobs."""
+        self.inflight -= job.size
+        self._launch()
+
+    def result(self, job: Job) -> object | None:
+        """Wait for a job and free its slots; None when a cancel dropped it before it ran."""
+        future = self.take(job)
+        if future is None:
+            return None
+        try:
+            if self.cancelled() and future.cancel():
+                return None
+            return future.result()
+        finally:
+            self.release(job)
 
     # -- read ----------------------------------------------------------------------------------
 
@@ -184,14 +254,18 @@ class Scheduler:
         """One encode job for the whole grid, as the monolithic forward does."""
         r0, r1 = self.req.rect[:2]
         cols, n = self.cols, len(self.cols)
-        read = self.reader.submit(self.read_rows, r0, r1)
-        feats, sent = self.workers.submit(partial(self._encode_on, read, True)).result()
+
+        def start() -> Future:
+            read = self.reader.submit(self.read_rows, r0, r1)
+            return self.workers.submit(partial(self._encode_on, read, True))
+
+        feats, sent = self.result(self.enqueue(Job(r0, cols, (r1 - r0) * n, start)))
         for i, (r, c) in enumerate((r, c) for r in range(r0, r1) for c in cols):
             self.cache.put(r, c, sent[i])
             if not self.done[r, c]:
                 self.held[(r, c)] = [t[i:i + 1] for t in feats]
         for j, r in enumerate(range(r0, r1)):
-            self.writes.append(self.writer.submit(self._write_encoded, r, cols, host(sent[j * n:(j + 1) * n])))
+            yield from self.write(n, self._write_encoded, r, cols, host(sent[j * n:(j + 1) * n]))
         del feats
         yield self.event(Phase.ENCODE, "encoded the whole grid")
 
@@ -207,7 +281,9 @@ class Scheduler:
     def encode_window(self, a: int, b: int) -> Generator[ProgressEvent, None, None]:
         """Make sure the window of rows [a, b) is encoded; start the row after it (wavefront look-ahead)."""
         wa, wb = self.window(a, b)
-        lookahead = min(self.req.rect[1], wb + 1) if self.keep_skips else wb
+        # one row ahead on every schedule: the devices work while the main thread communicates, and jobs are
+        # queued in the order they are taken (this row's encodes before the next band's decodes)
+        lookahead = min(self.req.rect[1], wb + 1)
         for r in range(wa, lookahead):
             missing = r not in self.encoding and not self.cache.has_row(r)
             if missing and (self.owns(r) or r < wb):
@@ -230,21 +306,26 @@ class Scheduler:
             self.cache.put(row, c, torch.from_numpy(self.sink.load_bottleneck(row, c)).to(self.req.dtype))
         jobs = []
         for group in _batches(todo, self.batch):
-            read = self.reader.submit(self.read_tiles, row, group)
             keep = hold and any(not self.done[row, c] for c in group)
-            jobs.append((group, self.workers.submit(partial(self._encode_on, read, keep))))
+            jobs.append(self.enqueue(Job(row, group, len(group), partial(self._start_encode, row, group, keep))))
         self.encoding[row] = jobs
 
+    def _start_encode(self, row: int, group: list[int], keep: bool) -> Future:
+        read = self.reader.submit(self.read_tiles, row, group)
+        return self.workers.submit(partial(self._encode_on, read, keep))
+
     def collect_encode(self, row: int) -> Generator[ProgressEvent, None, None]:
-        for group, future in self.encoding.pop(row, []):
-            if self.cancelled() and future.cancel():
+        for job in self.encoding.pop(row, []):
+            done = self.result(job)
+            if done is None:
                 continue
-            feats, sent = future.result()
-            for i, c in enumerate(group):
+            feats, sent = done
+            for i, c in enumerate(job.cols):
                 self.cache.put(row, c, sent[i])
                 if feats is not None and not self.done[row, c]:
                     self.held[(row, c)] = [t[i:i + 1] for t in feats]
-            self.writes.append(self.writer.submit(self._write_encoded, row, group, host(sent)))
+            self.peak_held = max(self.peak_held, len(self.held))
+            yield from self.write(job.size, self._write_encoded, row, job.cols, host(sent))
             yield self.event(Phase.ENCODE, f"encoded row {row}")
 
     def _encode_on(self, read: Future, keep: bool, replica: DDUNet,
@@ -261,26 +342,37 @@ class Scheduler:
         received = self._communicate(*self.window(a, b), a, b)
         yield self.event(Phase.COMMUNICATE, f"communicated rows {a}..{b - 1}")
         if self.req.output.features:
-            self.writes.append(self.writer.submit(self._write_communicated, a, b, received))
+            # its tensors are the received rows the band holds anyway: no subdomain of the write bound
+            yield from self.write(0, self._write_communicated, a, b, received)
         self.cache.evict_above(b - self.k)
         return received
 
     def _communicate(self, wa: int, wb: int, a: int, b: int) -> dict[tuple[int, int], torch.Tensor]:
-        """Communication network on bottleneck rows [wa, wb) (all columns), cropped to rows [a, b)."""
+        """Communication network on bottleneck rows [wa, wb) (all columns), cropped to rows [a, b).
+
+        It runs on ``comm_cols`` columns at a time with ``halo_cols`` more on each side, cropped to its own
+        columns: exact for the reason the row window is (the zero padding only matters at the true border).
+        """
         hb, wb_px = self.req.plan.bottleneck_tile
-        mosaic = self.cache.mosaic(wa, wb)
-        with torch.inference_mode():
-            out = self.comm(mosaic[None].to(device=self.req.devices[0], dtype=self.req.dtype))[0].to("cpu")
+        n = len(self.cols)
         received = {}
-        for r in range(a, b):
-            y = (r - wa) * hb
-            for i, c in enumerate(self.cols):
-                received[(r, c)] = out[None, :, y:y + hb, i * wb_px:(i + 1) * wb_px]
+        for j0 in range(0, n, self.comm_cols):
+            j1 = min(n, j0 + self.comm_cols)
+            s0, s1 = max(0, j0 - self.halo_cols), min(n, j1 + self.halo_cols)
+            mosaic = self.cache.mosaic(wa, wb, s0, s1)
+            with torch.inference_mode():
+                out = self.comm(mosaic[None].to(device=self.req.devices[0], dtype=self.req.dtype))[0].to("cpu")
+            for r in range(a, b):
+                y = (r - wa) * hb
+                for j in range(j0, j1):
+                    x = (j - s0) * wb_px
+                    # a copy, so the window's output is freed once cropped
+                    received[(r, self.cols[j])] = out[None, :, y:y + hb, x:x + wb_px].clone()
         return received
 
     # -- decode --------------------------------------------------------------------------------
 
-    def submit_decode(self, a: int, b: int, received: dict | None) -> list[DecodeJob]:
+    def submit_decode(self, a: int, b: int, received: dict | None) -> list[Job]:
         """Decode jobs for the unfinished subdomains of rows [a, b), from held skips or re-encoded inputs."""
         jobs = []
         for r in range(a, b):
@@ -288,20 +380,25 @@ class Scheduler:
             for group in _batches(todo, max(1, len(todo)) if self.mono else self.batch):
                 whole = all((r, c) in self.held for c in group)
                 held = [self.held.pop((r, c)) for c in group] if whole else None
-                read = None if held is not None else self.reader.submit(self.read_tiles, r, group)
                 comm = None if received is None else torch.cat([received[(r, c)] for c in group])
-                jobs.append((r, group, self.workers.submit(partial(self._decode_on, read, held, comm))))
+                start = partial(self._start_decode, r, group, held, comm)
+                jobs.append(self.enqueue(Job(r, group, len(group), start)))
         return jobs
 
-    def collect_decode(self, jobs: list[DecodeJob]) -> Generator[ProgressEvent, None, None]:
-        for row, group, future in jobs:
-            if self.cancelled() and future.cancel():
+    def _start_decode(self, row: int, group: list[int], held: list | None, comm: torch.Tensor | None) -> Future:
+        read = None if held is not None else self.reader.submit(self.read_tiles, row, group)
+        return self.workers.submit(partial(self._decode_on, read, held, comm))
+
+    def collect_decode(self, jobs: list[Job]) -> Generator[ProgressEvent, None, None]:
+        for job in jobs:
+            done = self.result(job)
+            if done is None:
                 continue   # not started: dropped; started or finished jobs are still written
-            labels, probs, logits, before, after = future.result()
-            self.writes.append(self.writer.submit(self._write_decoded, row, group, labels, probs, logits,
-                                                  before, after))
-            self.decoded += len(group)
-            yield self.event(Phase.DECODE, f"decoded row {row}")
+            labels, probs, logits, before, after = done
+            yield from self.write(job.size, self._write_decoded, job.row, job.cols, labels, probs, logits,
+                                  before, after)
+            self.decoded += job.size
+            yield self.event(Phase.DECODE, f"decoded row {job.row}")
 
     def _decode_on(self, read: Future | None, held: list[list[torch.Tensor]] | None, received: torch.Tensor | None,
                    replica: DDUNet, device: torch.device) -> tuple:
@@ -329,12 +426,27 @@ class Scheduler:
 
     # -- write ---------------------------------------------------------------------------------
 
+    def write(self, size: int, fn: Callable[..., list], *args: object) -> Generator[ProgressEvent, None, None]:
+        """Hand ``size`` subdomains' results to a writer once at most ``writes`` wait (one write always may)."""
+        while self.writes and self.writing + size > self.write_limit:
+            yield from self._written()
+        self.writes.append((self.writer.submit(fn, *args), size))
+        self.writing += size
+        self.peak_writes = max(self.peak_writes, self.writing)
+
+    def _written(self) -> Generator[ProgressEvent, None, None]:
+        """Wait for the oldest write; one ``write`` event per subdomain it finished."""
+        future, size = self.writes.popleft()
+        boxes = future.result()
+        self.writing -= size
+        for box in boxes:
+            self.finished += 1
+            yield ProgressEvent(Phase.WRITE, self.finished, self.total, region=box)
+
     def flush(self, block: bool) -> Generator[ProgressEvent, None, None]:
-        """Collect finished writes (all of them when ``block``); one ``write`` event per subdomain."""
-        while self.writes and (block or self.writes[0].done()):
-            for box in self.writes.popleft().result():
-                self.finished += 1
-                yield ProgressEvent(Phase.WRITE, self.finished, self.total, region=box)
+        """Collect finished writes (all of them when ``block``)."""
+        while self.writes and (block or self.writes[0][0].done()):
+            yield from self._written()
 
     def _write_encoded(self, row: int, cols: list[int], sent: np.ndarray) -> list:
         self.sink.store_bottleneck(row, cols, sent)
