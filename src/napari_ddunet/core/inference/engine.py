@@ -104,7 +104,7 @@ def segment_iter(
     with claim_output(request):
         sink = open_sink(request, plan)
         if request.stack is not None:
-            name_leading_axes(sink, request.stack)
+            name_leading_axes(sink, request.stack, request.calibration)
             scheduler: Scheduler | StackRun = StackRun(request, plan, sink, cancel)
         else:
             scheduler = Scheduler(request, plan, sink, cancel)

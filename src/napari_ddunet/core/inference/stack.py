@@ -97,11 +97,13 @@ class Stack:
     def shape(self) -> tuple[int, ...]:
         return tuple(int(self.opened.array.shape[i]) for i in self.positions)
 
-    def leading_calibration(self) -> list[tuple[str, float, float, str | None]]:
-        """(name, spacing, origin, unit) of each leading axis, from the file's calibration (OME-Zarr
-        coordinate transformations, OME-TIFF, ImageJ) or, for an older record, its scale; 1 px at 0 otherwise."""
-        calibration = getattr(self.opened, "calibration", None)
-        if calibration is not None:
+    def leading_calibration(self, calibration: Any = None) -> list[tuple[str, float, float, str | None]]:
+        """(name, spacing, origin, unit) of each leading axis: from ``calibration`` (the run's, e.g. a napari
+        layer's) where it names them, else the file's (OME-Zarr coordinate transformations, OME-TIFF, ImageJ)
+        or its scale; 1 px at 0 otherwise."""
+        if calibration is None or not set(self.names) <= set(calibration.axes):
+            calibration = getattr(self.opened, "calibration", None)
+        if calibration is not None and set(self.names) <= set(calibration.axes):
             lead = calibration.select(self.names)
             return list(zip(self.names, lead.scale, lead.translate, lead.units, strict=True))
         scale = self.opened.scale
@@ -193,12 +195,12 @@ def plane_sink(sink: Sink, index: Sequence[int]) -> Sink:
     return view
 
 
-def name_leading_axes(sink: Sink, stack: Stack) -> None:
+def name_leading_axes(sink: Sink, stack: Stack, calibration: Any = None) -> None:
     """Give the store's OME-Zarr multiscales (the root, ``labels`` and its label image, where they have
     one) the stack's leading axes: names, types ("time"/"space"), spacing, origin and units from the image."""
     if sink.path is None:
         return
-    leading = stack.leading_calibration()
+    leading = stack.leading_calibration(calibration)
     names = ["labels", getattr(sink, "label_image", None)]
     for group in [sink.root, *(sink.root[name] for name in names if name is not None and name in sink.root)]:
         attrs = dict(group.attrs)
@@ -207,3 +209,26 @@ def name_leading_axes(sink: Sink, stack: Stack) -> None:
             for key in ("ome", "multiscales"):
                 if key in updated and updated[key] != attrs.get(key):
                     group.attrs[key] = updated[key]
+
+
+def layer_axes(shape: Sequence[int], channel_axis: int | None, labels: Sequence[str] | None = None) -> str | None:
+    """``axes=`` for an array shown as a napari layer of ``shape``: its last two non-channel axes Y and X,
+    the channel axis C, the others planes: named by the layer's axis labels where those say t or z,
+    else Z (the one before it T). None for a 2D layer (no axis with more than one plane).
+
+    A viewer shows every leading axis as a slider, so the widget segments them as planes; at most two
+    (T and Z) fit an OME-Zarr image.
+    """
+    ndim = len(shape)
+    channel = None if channel_axis is None else channel_axis % ndim
+    ya, xa = layout.yx_axes(ndim, channel)
+    leading = [i for i in range(ndim) if i not in (channel, ya, xa)]
+    if not any(int(shape[i]) > 1 for i in leading):
+        return None
+    if len(leading) > 2:
+        raise InputError(f"a layer of shape {tuple(shape)} has {len(leading)} axes besides y, x and channels; "
+                         "a stack has at most two (T and Z)")
+    given = [str(labels[i]).lower() if labels is not None and len(labels) == ndim else "" for i in leading]
+    names = given if sorted(given) in (["z"], ["t"], ["t", "z"]) else ["t", "z"][2 - len(leading):]
+    letters = {channel: "c", ya: "y", xa: "x", **dict(zip(leading, names, strict=True))}
+    return "".join(letters[i] for i in range(ndim)).upper()
