@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from typing import Any
 
+from napari_ddunet.cli import EXIT_CANCELLED, EXIT_CODES_HELP, HelpFormatter, cancel_on_interrupt
 from napari_ddunet.core.inference.progress import Phase, ProgressEvent
 
 
@@ -20,9 +22,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Segment INPUT with the DDU-Net checkpoint CKPT and write labels (an OME-Zarr multiscale "
                     "pyramid) and optional probabilities/features to the zarr v3 store OUTPUT. The result equals "
                     "the whole-image forward pass; memory stays within --memory-budget.",
+        epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter,
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (.pt)")
-    parser.add_argument("input", metavar="INPUT", help="image: .tif/.tiff, .zarr, .ome.zarr or .npy")
+    parser.add_argument("input", metavar="INPUT", help="image: .tif/.tiff, .zarr, .ome.zarr, .png, .jpg or .npy")
     parser.add_argument("output", metavar="OUTPUT", help="output zarr store (a folder, e.g. out.zarr)")
     parser.add_argument("--subdomain-size", nargs=2, type=int, metavar=("H", "W"),
                         help="subdomain size in pixels (default: the checkpoint's training size)")
@@ -39,11 +42,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--logits", action="store_true", help="also store raw logits (compute dtype)")
     parser.add_argument("--channel-axis", type=int, default=None, choices=(0, -1),
                         help="channel axis of a 3D image: 0 (CYX) or -1 (YXC); guessed when absent")
+    parser.add_argument("--channels", nargs="+", type=int, default=None, metavar="BAND",
+                        help="bands of the channel axis to feed the model, by index and in this order, e.g. "
+                             "--channels 2 1 0 for R, G, B of a B, G, R, NIR image (only these bands are read); "
+                             "default: every band, when their count is the model's")
+    parser.add_argument("--axes", default=None, metavar="AXES",
+                        help="name the input's axes, one letter each from T, C, Z, Y, X (e.g. ZYX, TZYX, TCZYX), "
+                             "for a file that does not record them (.npy, plain zarr); a stack's t/z planes are "
+                             "segmented one by one into labels with the same leading axes")
     parser.add_argument("--no-communication", action="store_true",
                         help="switch the exchange off (C=N behaviour with the same weights)")
     parser.add_argument("--float64", action="store_true", help="compute in float64 (slow; for exactness checks)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run into OUTPUT")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT store")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUTPUT if it is a previous napari-ddunet store (never anything else)")
+    parser.add_argument("--format", choices=("zarr", "geotiff"), default=None,
+                        help="geotiff: also write the labels as a tiled, LZW-compressed GeoTIFF with the input "
+                             "GeoTIFF's georeferencing (OUTPUT labels.tif runs into labels.zarr and writes "
+                             "labels.tif; OUTPUT labels.zarr writes labels.tif beside it); default: by OUTPUT's "
+                             "suffix, .tif/.tiff meaning geotiff")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -56,35 +73,52 @@ def run(args: argparse.Namespace) -> int:
     from napari_ddunet.core.inference.distributed import DistContext
     from napari_ddunet.core.inference.engine import segment_iter
     from napari_ddunet.core.inference.progress import drive
+    from napari_ddunet.core.inference.sink import open_output
+    from napari_ddunet.core.io import geotiff
 
     if args.resume and args.overwrite:
         raise DDUNetError("--resume and --overwrite exclude each other")
+    export = None
+    if geotiff.wants_geotiff(args.output, args.format):
+        export = geotiff.plan_export(args.input, args.output, overwrite=args.overwrite)
     model = load_checkpoint(args.checkpoint, "cpu")
     context = DistContext.from_env()
     devices = args.devices
     if devices is None:
         devices = [str(context.device)] if context is not None and context.device.type == "cuda" else ["auto"]
+    cancel = threading.Event()
     steps = segment_iter(
         args.input, model, subdomain_size=tuple(args.subdomain_size) if args.subdomain_size else None,
-        devices=devices, output=args.output, memory_budget=args.memory_budget, features=args.features,
-        probabilities=args.probabilities, logits=args.logits, channel_axis=args.channel_axis,
+        devices=devices, output=args.output if export is None else export.store, memory_budget=args.memory_budget,
+        features=args.features,
+        probabilities=args.probabilities, logits=args.logits, channel_axis=args.channel_axis, channels=args.channels,
         communicate=False if args.no_communication else None, resume=args.resume, overwrite=args.overwrite,
         dtype=torch.float64 if args.float64 else torch.float32, schedule=args.schedule, distributed=context,
+        axes=args.axes, cancel=cancel,
     )
     rank = "" if context is None else f"[rank {context.rank}/{context.world}] "
     bar = _ProgressBar(rank, args.quiet)
     try:
-        result = drive(steps, bar.show)
+        with cancel_on_interrupt(cancel):   # Ctrl-C cancels: the run ends with a consistent store (exit 130)
+            result = drive(steps, bar.show, cancel)
     finally:
         bar.close()
         if context is not None:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+    if result.cancelled:
+        print(f"{rank}napari-ddunet predict: cancelled; {result.output} is resumable with --resume", file=sys.stderr)
+        return EXIT_CANCELLED
     if context is None or context.rank == 0:
         print(f"wrote {result.output} ({result.schedule} schedule, grid {result.grid[0]}x{result.grid[1]})",
               file=sys.stderr)
-    return 1 if result.cancelled else 0
+        if export is not None:
+            stored = open_output(export.store)
+            geotiff.write_labels(stored["labels"], export.tiff, export.georeference,
+                                 stored["attrs"].get("class_colors"))
+            print(f"wrote {export.tiff} (GeoTIFF, georeferenced as {args.input})", file=sys.stderr)
+    return 0
 
 
 class _ProgressBar:

@@ -6,3 +6,10 @@ class DDUNetError(ValueError):
 
     The CLI turns it into one line on stderr and exit status 2; the widget into a notification.
     """
+
+
+class RunIOError(DDUNetError):
+    """An I/O fault during a run (disk full, a file too large, an unreadable chunk), not a bad request.
+
+    The output store stays resumable; the CLI prints one line naming ``--resume`` and exits with status 3.
+    """

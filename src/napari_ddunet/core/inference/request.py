@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,11 @@ import torch
 from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.inference.devices import resolve_devices
 from napari_ddunet.core.inference.grid import GridPlan, plan_grid
+from napari_ddunet.core.inference.output_guard import check_output, read_locations
 from napari_ddunet.core.inference.schedule import DEFAULT_MEMORY_BUDGET, SCHEDULES
-from napari_ddunet.core.inference.sink import check_output_location
-from napari_ddunet.core.io.images import ImageSource, InputError, check_finite, open_image
+from napari_ddunet.core.inference.stack import Stack, open_stack, plane_indices
+from napari_ddunet.core.io.images import ImageSource, InputError, check_finite, check_readable, open_image
+from napari_ddunet.core.io.ome import Calibration
 from napari_ddunet.core.network.model import DDUNet
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
@@ -43,6 +46,8 @@ class OutputPolicy:
     probabilities: bool
     logits: bool
     features: bool
+    overwrite: bool = False
+    reads: tuple[Path, ...] = ()     # every file and folder the run reads (output_guard.read_locations)
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,6 +68,14 @@ class SegmentRequest:
     std: np.ndarray | None
     output: OutputPolicy
     distributed: Any = None
+    stack: Stack | None = None                  # a stack: its planes run one by one (core/inference/stack.py)
+    planes: tuple[tuple[int, ...], ...] = ()    # the stack's planes this run computes
+    open_plane: Callable[[Any], ImageSource] | None = None   # one plane as ``source`` is opened
+    calibration: Calibration | None = None      # where the input lies in physical space (its axes by name)
+
+    def for_plane(self, index: tuple[int, ...]) -> SegmentRequest:
+        """This request on one plane of its stack: the same model, grid and output, that plane's pixels."""
+        return replace(self, source=self.open_plane(self.stack.plane(index)), stack=None, planes=())
 
     @property
     def per_tile_comm(self) -> bool:
@@ -93,12 +106,19 @@ def parse_memory(value: int | float | str | None) -> int | None:
     if value is None:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        number, unit = float(value), ""
+        number, unit = value, ""
     else:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
         if not match or match.group(2).lower() not in _UNITS:
             raise EngineError(f"cannot read memory budget {value!r}; use e.g. 2GB, 512MiB or a number of bytes")
         number, unit = float(match.group(1)), match.group(2).lower()
+    try:
+        number = float(number)   # 1e999 reads as inf, 10**400 does not fit a float: both are no size
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise EngineError(f"memory budget {value!r:.40} is not a finite size; use e.g. 2GB, 512MiB or a number "
+                          "of bytes")
     result = int(number * _UNITS[unit])
     if result <= 0:
         raise EngineError(f"memory budget must be positive, got {value!r}")
@@ -109,28 +129,76 @@ def build_request(image: Any, model: Any, *, subdomain_size: tuple[int, int] | N
                   output: str | Path | None, memory_budget: int | str | None, features: bool, probabilities: bool,
                   logits: bool, channel_axis: int | None, region: tuple[int, int, int, int] | None,
                   communicate: bool | None, resume: bool, overwrite: bool, dtype: torch.dtype,
-                  schedule: str | None, distributed: Any) -> SegmentRequest:
+                  schedule: str | None, distributed: Any, channels: Sequence[int] | None = None,
+                  axes: str | None = None, planes: Sequence[int | Sequence[int]] | None = None,
+                  calibration: Calibration | Mapping[str, Any] | None = None) -> SegmentRequest:
     """Check every argument of :func:`~napari_ddunet.core.inference.engine.segment_iter`; raise on the first bad one."""
     net = _resolve_model(model)
     device_list = tuple(resolve_devices(devices))
     if schedule is not None and schedule not in SCHEDULES:
         raise EngineError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
     budget = parse_memory(memory_budget) or DEFAULT_MEMORY_BUDGET
-    source = open_image(image, in_channels=net.config.in_channels, channel_axis=channel_axis)
+    opened, stack = open_stack(image, axes)
+    if planes is not None and stack is None:
+        raise EngineError("planes= chooses planes of a stack (an image with t or z axes); this image is 2D")
+    chosen = plane_indices(stack, planes) if stack is not None else ()
+    open_plane = partial(open_image, in_channels=net.config.in_channels, channels=channels,
+                         channel_axis=channel_axis if stack is None else stack.channel_axis(channel_axis))
+    try:
+        source = open_plane(opened if stack is None else stack.plane(chosen[0]))
+    except InputError as error:
+        raise InputError(_with_stack_hint(str(error), opened)) from None
     plan = plan_grid(source.shape, _subdomain_size(net, source, subdomain_size), net.config.downsampling)
     rect = plan.tiles_in_region(region)
     mean, std = _normalization(net, source)
-    path = _output_path(image, output, overwrite, resume, distributed)
+    reads = read_locations(image, source.array, *opened.levels)
+    path = _output_path(output, overwrite, resume, distributed, reads)
     r0, r1, c0, c1 = rect
     top, _, left, _ = plan.cropped_box(r0, c0)
     _, bottom, _, right = plan.cropped_box(r1 - 1, c1 - 1)
-    check_finite(source, (top, bottom, left, right))
+    _check_finite_planes(source, stack, chosen, open_plane, (top, bottom, left, right))
+    check_readable(source, (top, bottom, left, right))
     exchange, halo_rows = _exchange(net, plan, communicate)
     if schedule == "streaming" and exchange:
         raise EngineError("the streaming schedule needs a model without exchange (F=0, C=N or communicate=False)")
-    policy = OutputPolicy(path, resume, probabilities, logits, features)
+    policy = OutputPolicy(path, resume, probabilities, logits, features, overwrite, reads)
     return SegmentRequest(net, source, plan, rect, device_list, dtype, budget, schedule, exchange, halo_rows,
-                          mean, std, policy, distributed)
+                          mean, std, policy, distributed, stack, chosen, open_plane,
+                          _calibration(calibration, source if stack is None else opened))
+
+
+def _calibration(given: Calibration | Mapping[str, Any] | None, image: Any) -> Calibration | None:
+    """The caller's calibration (a napari layer's y/x scale, translate and units), else the input's own."""
+    if given is None:
+        return image.calibration
+    if isinstance(given, Calibration):
+        return given
+    try:
+        return Calibration.of_axes(given.get("axes", ("y", "x")), given.get("scale"), given.get("translate"),
+                                   given.get("units"))
+    except (TypeError, ValueError, AttributeError) as error:
+        raise EngineError(f"cannot use calibration {dict(given)!r}: {error}") from None
+
+
+def _with_stack_hint(message: str, opened: Any) -> str:
+    """A layout error of a 3D image without axis names also says how to segment it as a stack of planes."""
+    shape = tuple(opened.array.shape)
+    if opened.axes is not None or len(shape) != 3 or shape[0] >= min(shape[1:]):
+        return message
+    return f"{message}; or, if its {shape[0]} entries along axis 0 are planes: --axes ZYX (axes='ZYX' in Python)"
+
+
+def _check_finite_planes(source: ImageSource, stack: Stack | None, planes: tuple[tuple[int, ...], ...],
+                         open_plane: Callable[[Any], ImageSource], box: tuple[int, int, int, int]) -> None:
+    """:func:`check_finite` over the pixels the run reads: of the image, or of every chosen plane of a stack."""
+    if stack is None:
+        check_finite(source, box)
+        return
+    for index in planes:
+        try:
+            check_finite(open_plane(stack.plane(index)), box)
+        except InputError as error:
+            raise InputError(f"plane {stack.label(index)}: {error}") from None
 
 
 def _resolve_model(model: Any) -> DDUNet:
@@ -164,25 +232,13 @@ def _normalization(net: DDUNet, source: ImageSource) -> tuple[np.ndarray | None,
     return np.asarray(norm.mean, dtype=np.float64), np.asarray(norm.std, dtype=np.float64)
 
 
-def _output_path(image: Any, output: str | Path | None, overwrite: bool, resume: bool,
-                 distributed: Any) -> Path | None:
+def _output_path(output: str | Path | None, overwrite: bool, resume: bool, distributed: Any,
+                 reads: tuple[Path, ...]) -> Path | None:
     if output is None:
         if distributed is not None and distributed.world > 1:
             raise EngineError("a distributed run needs an output store that every rank can write")
         return None
-    path = check_output_location(output, overwrite=overwrite, resume=resume)
-    _refuse_input_inside(image, path)
-    return path
-
-
-def _refuse_input_inside(image: Any, output: Path) -> None:
-    """An output that is, or contains, the input file or store would be deleted by overwrite: refuse it."""
-    where = image if isinstance(image, str | Path) else getattr(getattr(image, "store", None), "root", None)
-    if where is None:
-        return
-    source, target = Path(where).resolve(), output.resolve()
-    if source == target or target in source.parents:
-        raise EngineError(f"output {output} is (or contains) the input {where}; choose another output")
+    return check_output(output, overwrite=overwrite, resume=resume, reads=reads)
 
 
 def _exchange(net: DDUNet, plan: GridPlan, communicate: bool | None) -> tuple[bool, int]:

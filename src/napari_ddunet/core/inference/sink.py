@@ -130,8 +130,9 @@ class Sink:
                 self.note = self.verify_progress()
             return
         # never removes anything: the output guard cleared an old store (under its lock) before this;
-        # "w-" fails instead of deleting whatever is there
-        root = zarr.open_group(str(path), mode="w-")
+        # "w-" fails instead of deleting whatever is there. The store says it is napari-ddunet's from its
+        # first file on, so that one cut short (a full disk) can still be overwritten or resumed
+        root = zarr.open_group(str(path), mode="w-", attributes={"napari_ddunet": meta})
         for name, (shape, chunks, dtype) in specs.items():
             plane = len(shape) - len(self.leading)
             dims = ("y", "x") if plane == 2 else ("c", "y", "x")
@@ -143,7 +144,6 @@ class Sink:
                               config={"write_empty_chunks": True})
             self.arrays[name] = root[name]
         self._write_ome(root, colors, meta)
-        root.attrs["napari_ddunet"] = meta
         self.root = root
         self.meta = meta
 
