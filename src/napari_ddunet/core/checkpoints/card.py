@@ -23,6 +23,9 @@ from napari_ddunet.core.network.model import DDUNet
 _STAMP_KEYS = PROVENANCE_KEYS[:3]
 #: The provenance a training run passes as a mapping, shown as ``key=value`` lists.
 _MAPPING_KEYS = PROVENANCE_KEYS[3:]
+#: Characters one provenance row shows; the reader already bounds the whole (format.py), this keeps a row
+#: readable in a terminal and the widget's card from growing without end.
+ROW_CHARACTERS = 600
 
 
 @dataclass(frozen=True)
@@ -191,13 +194,17 @@ def _receptive_field(card: ModelCard) -> Section:
     return Section("receptive field (pixels, exact; min-max over output positions)", tuple(rows))
 
 
+def _cut(text: str) -> str:
+    return text if len(text) <= ROW_CHARACTERS else f"{text[:ROW_CHARACTERS]}... ({len(text)} characters)"
+
+
 def _provenance(card: ModelCard) -> Section:
     prov = card.provenance
-    rows = [Row(key.replace("_", " "), str(prov[key])) for key in _STAMP_KEYS if key in prov]
+    rows = [Row(key.replace("_", " "), _cut(str(prov[key]))) for key in _STAMP_KEYS if key in prov]
     for key in _MAPPING_KEYS:
         summary = ", ".join(f"{k}={v}" for k, v in (prov.get(key) or {}).items()) or "none recorded"
-        rows.append(Row(key.replace("_", " "), summary))
-    rows += [Row(k, str(v)) for k, v in prov.items() if k not in PROVENANCE_KEYS]
+        rows.append(Row(key.replace("_", " "), _cut(summary)))
+    rows += [Row(_cut(str(k)), _cut(str(v))) for k, v in prov.items() if k not in PROVENANCE_KEYS]
     return Section(f"provenance (checkpoint format {card.format_version})", tuple(rows))
 
 

@@ -39,7 +39,8 @@ class DDUNet(nn.Module):
     def _init_weights(self) -> None:
         """He initialisation (paper 001, sec. III-C) for every conv the model owns."""
         for module in self.modules():
-            if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+            # a shape-only model on the meta device (the checkpoint reader's) has no values to draw
+            if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) and not module.weight.is_meta:
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
