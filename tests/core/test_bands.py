@@ -19,6 +19,7 @@ from zarr.storage import LoggingStore, MemoryStore
 
 from napari_ddunet import DDUNet, ModelConfig, save_checkpoint, segment
 from napari_ddunet.cli import main
+from napari_ddunet.core.inference.sink import open_output
 from napari_ddunet.core.io.images import InputError, choose_bands, open_image
 from napari_ddunet.core.io.layout import infer_channel_axis
 
@@ -229,7 +230,30 @@ def test_predict_channels_picks_bands_in_order(tmp_path, cli_files, capsys, bgrn
     from napari_ddunet import load_checkpoint
 
     ref = run(np.ascontiguousarray(bgrn[..., [2, 1, 0]]), load_checkpoint(ckpt).double())
-    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels/0"][...], np.asarray(ref.labels))
+    np.testing.assert_array_equal(np.asarray(open_output(out)["labels"][...]), np.asarray(ref.labels))
     assert main(["predict", str(ckpt), str(root / "bgrn.tif"), str(tmp_path / "bad.zarr"), "--channels", "3", "9",
                  "0", "--quiet"]) == 2
     assert "band 9 does not exist" in capsys.readouterr().err
+
+
+# -- a real 10-band Landsat 8 scene (tests/realdata.py) ------------------------------------------------
+
+
+def test_real_landsat_scene_through_the_cli_and_the_library(tmp_path, cli_files, capsys, realdata_multiband_uint16):
+    """Defect: a 10-band scene could not be segmented at all (no way to choose bands)."""
+    _, ckpt = cli_files
+    scene = str(realdata_multiband_uint16)
+    out = tmp_path / "rgb.zarr"
+    assert main(["predict", str(ckpt), scene, str(out), "--subdomain-size", "64", "64", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "image has 10 bands (CYX, shape (10, 603, 627)), the model expects 3" in err[0]
+    assert not out.exists()
+    assert main(["predict", str(ckpt), scene, str(out), "--subdomain-size", "64", "64", "--channels", "3", "2", "1",
+                 "--float64", "--quiet"]) == 0
+    from napari_ddunet import load_checkpoint
+
+    net = load_checkpoint(ckpt).double()
+    rgb = np.ascontiguousarray(tifffile.imread(scene)[[3, 2, 1]])
+    library = segment(realdata_multiband_uint16, net, subdomain_size=(64, 64), dtype=torch.float64, channels=(3, 2, 1))
+    np.testing.assert_array_equal(np.asarray(library), segment(rgb, net, subdomain_size=(64, 64), dtype=torch.float64))
+    np.testing.assert_array_equal(np.asarray(open_output(out)["labels"][...]), np.asarray(library))
