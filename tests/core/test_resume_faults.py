@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -213,24 +214,32 @@ def test_cancel_then_resume_on_every_schedule(files, whole, schedule, tmp_path, 
     assert_same_store(out, whole[schedule], features=schedule != "streaming")
 
 
-@pytest.mark.parametrize("schedule", SCHEDULES)
-def test_sigkill_at_a_random_point_then_resume_on_every_schedule(files, whole, schedule, tmp_path, capsys):
-    n = random.Random(f"kill-{schedule}").randrange(1, GRID)
-    out = tmp_path / "killed.zarr"
-    process = subprocess.run([sys.executable, "-c", DRIVER, "kill", str(n), "0", *argv(files, out, schedule)],
-                             capture_output=True, text=True, timeout=300)
-    assert process.returncode == -signal.SIGKILL, process.stderr
-    assert n <= int(np.asarray(open_output(out)["done"][...]).sum()) < GRID
-    code, err = resume(files, out, capsys, schedule)
-    assert code == 0, err
-    assert_same_store(out, whole[schedule], features=schedule != "streaming")
+def test_sigkill_at_a_random_point_then_resume_on_every_schedule(files, whole, tmp_path, capsys):
+    """One process per schedule, killed after a seeded random number of written subdomains (run side by side,
+    so the four imports overlap), then each store resumed in this process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for schedule in SCHEDULES:
+        n = random.Random(f"kill-{schedule}").randrange(1, GRID)
+        out = tmp_path / f"killed-{schedule}.zarr"
+        runs[schedule] = (n, out, subprocess.Popen(
+            [sys.executable, "-c", DRIVER, "kill", str(n), "0", *argv(files, out, schedule)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env))
+    for schedule, (n, out, process) in runs.items():
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == -signal.SIGKILL, (schedule, err)
+        assert n <= int(np.asarray(open_output(out)["done"][...]).sum()) < GRID, schedule
+    for schedule, (_, out, _) in runs.items():
+        code, err = resume(files, out, capsys, schedule)
+        assert code == 0, (schedule, err)
+        assert_same_store(out, whole[schedule], features=schedule != "streaming")
 
 
 def test_a_disk_that_fills_stops_with_one_line_and_resumes(files, whole, tmp_path, capsys):
     """RLIMIT_FSIZE below a logits chunk (K x 16 x 24 float64) after 12 subdomains: writes fail with EFBIG."""
     out = tmp_path / "full.zarr"
     process = subprocess.run([sys.executable, "-c", DRIVER, "fill", "12", "2048", *argv(files, out)],
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     # the run's first message, then the fault's one line
     err = process.stderr.strip().splitlines()[1:]
     assert process.returncode == 3, process.stderr

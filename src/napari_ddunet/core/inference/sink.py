@@ -199,7 +199,7 @@ class Sink:
             flags, bad = (encoded, bad_encoded) if name == "_work/bottleneck" else (done, bad_done)
             if name in ("_work/done", "_work/encoded") or not flags.any():
                 continue
-            missing = flags & ~_stored_chunks(array, flags.shape) if checked else np.zeros_like(flags)
+            missing = _missing_chunks(array, flags) if checked else np.zeros_like(flags)
             if name.startswith("labels/") or name == "_work/bottleneck":
                 missing |= _undecodable_chunks(array, flags & ~missing)
             if missing.any():
@@ -334,20 +334,20 @@ def _chunk(array: Any, index: tuple[int, ...], whole_row: bool = False) -> tuple
     return (*planes, *(slice(None),) * between, row, slice(None) if whole_row else col)
 
 
-def _stored_chunks(array: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """``shape`` (*planes, rows, cols): True where that subdomain's chunk of ``array`` exists; one key listing."""
+def _missing_chunks(array: Any, flags: np.ndarray) -> np.ndarray:
+    """True where a flagged subdomain (*planes, row, col) has no chunk of ``array`` in the store; one key listing."""
     from zarr.core.sync import sync
 
     async def listing() -> set[str]:
         return {key async for key in array.store_path.store.list_prefix(f"{array.store_path.path}/")}
 
     keys = sync(listing())
-    between = (0,) * (array.ndim - len(shape))
-    present = np.zeros(shape, dtype=bool)
-    for index in np.ndindex(*shape):
+    between = (0,) * (array.ndim - flags.ndim)
+    missing = np.zeros(flags.shape, dtype=bool)
+    for index in zip(*np.nonzero(flags), strict=True):
         coords = (*index[:-2], *between, *index[-2:])
-        present[index] = f"{array.store_path.path}/{array.metadata.encode_chunk_key(coords)}" in keys
-    return present
+        missing[index] = f"{array.store_path.path}/{array.metadata.encode_chunk_key(coords)}" not in keys
+    return missing
 
 
 def _undecodable_chunks(array: Any, flags: np.ndarray) -> np.ndarray:
