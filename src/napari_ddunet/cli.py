@@ -102,8 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = f"napari-ddunet {args.command}"
     try:
         return int(args.run(args) or 0)
-    except RunIOError as error:
-        print(f"{name}: I/O error: {_first_line(error)}{_resume_hint(args)}", file=sys.stderr)
+    except RunIOError as error:   # its message names --resume
+        print(f"{name}: {_first_line(error)}", file=sys.stderr)
         return EXIT_IO_FAULT
     except DDUNetError as error:
         print(f"{name}: error: {_first_line(error)}", file=sys.stderr)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_ddunet.core.errors import RunIOError
 from napari_ddunet.core.inference.sink import OutputError
 
 #: The entries of a napari-ddunet output store; an overwrite refuses a store holding anything else.
@@ -303,7 +304,8 @@ def _take(path: Path, *, overwrite: bool, resume: bool, reads: Iterable[Path]) -
 @contextmanager
 def claim_output(request: Any) -> Iterator[None]:
     """Hold the lock of ``request``'s output store for the ``with`` block (rank 0 for all ranks under
-    torchrun: it alone creates the store, the others attach to it and never wait on each other)."""
+    torchrun: it alone creates the store, the others attach to it and never wait on each other); an OSError
+    in the block becomes a :class:`~napari_ddunet.core.errors.RunIOError` naming resume."""
     policy = request.output
     if policy.path is None:
         yield
@@ -321,6 +323,10 @@ def claim_output(request: Any) -> Iterator[None]:
         raise error
     try:
         yield
+    except OSError as fault:   # a full disk, a file too large, a chunk that cannot be read: not a bad request
+        where = f" ({fault.filename})" if fault.filename else ""
+        raise RunIOError(f"I/O error: {fault.strerror or fault}{where}; {policy.path} is resumable: fix the cause, "
+                         "then rerun with --resume (resume=True)") from fault
     finally:
         if lock is not None:
             lock.release()
