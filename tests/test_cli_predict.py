@@ -97,7 +97,7 @@ def test_predict_writes_ome_zarr(files, tmp_path, capsys):
     [
         (["{root}/missing.npy"], "input not found"),
         (["{root}/broken.tif"], "cannot read TIFF"),
-        (["{root}/rgb.npy"], "3 channels"),
+        (["{root}/rgb.npy"], "image has 3 bands .*the model expects 1; choose bands with --channels"),
         (["{root}/4d.npy"], "unsupported dimensionality"),
         (["{root}/nan.npy"], "1 NaN/inf value; first at \\(y=10, x=20"),
         (["{npy}", "--subdomain-size", "18", "24"], "multiple of 2\\*\\*depth"),

@@ -37,19 +37,21 @@ def test_layouts_and_reflected_reads(rgb):
     assert gray.read(0, 2, 0, 2).shape == (1, 2, 2) and gray.read(0, 2, 0, 2).dtype == np.float64
 
 
-def test_rgba_feeds_rgb_model_and_mismatches_fail(rgb):
-    rgba = np.concatenate([rgb, np.full((50, 70, 1), 255, np.uint8)], axis=-1)
-    source = open_image(rgba, in_channels=3)
+def test_band_count_mismatches_fail_and_a_selection_feeds_the_model(rgb):
+    four = np.concatenate([rgb, np.full((50, 70, 1), 255, np.uint8)], axis=-1)   # no alpha marked: 4 bands
+    with pytest.raises(InputError, match=r"image has 4 bands \(YXC, shape \(50, 70, 4\)\), the model expects 3"):
+        open_image(four, in_channels=3)
+    source = open_image(four, in_channels=3, channels=(0, 1, 2))
     assert source.channels == 3
     np.testing.assert_array_equal(source.read(0, 5, 0, 5), np.moveaxis(rgb[:5, :5], -1, 0))
-    with pytest.raises(InputError, match=r"3 channels \(YXC, shape \(50, 70, 3\)\) but the checkpoint expects 1"):
+    with pytest.raises(InputError, match=r"image has 3 bands \(YXC, shape \(50, 70, 3\)\), the model expects 1"):
         open_image(rgb, in_channels=1)
-    with pytest.raises(InputError, match=r"1 channel .* expects 3"):
+    with pytest.raises(InputError, match=r"1 band \(YX\), the model expects 3.*--channels 0 0 0"):
         open_image(rgb[..., 0], in_channels=3)
     with pytest.raises(InputError, match="dimensionality"):
         open_image(np.zeros((2, 3, 10, 10)), in_channels=1)
     with pytest.raises(InputError, match="cannot tell the channel axis"):
-        open_image(np.zeros((10, 12, 14)), in_channels=1)
+        open_image(np.zeros((20, 24, 28)), in_channels=1)
     with pytest.raises(InputError, match="pixel type"):
         open_image(np.zeros((10, 12), dtype=complex), in_channels=1)
     assert open_image(np.zeros((10, 12, 14)), in_channels=14, channel_axis=-1).channels == 14
@@ -95,8 +97,11 @@ def test_ome_zarr_level0_and_plain_zarr(tmp_path, rgb):
 def test_missing_and_unsupported_paths(tmp_path):
     with pytest.raises(InputError, match="input not found"):
         open_image(tmp_path / "nope.tif")
-    (tmp_path / "x.png").write_bytes(b"\x89PNG")
+    (tmp_path / "x.bmp").write_bytes(b"BM")
     with pytest.raises(InputError, match="unsupported input format"):
+        open_image(tmp_path / "x.bmp")
+    (tmp_path / "x.png").write_bytes(b"\x89PNG")
+    with pytest.raises(InputError, match=r"cannot read .*x\.png"):
         open_image(tmp_path / "x.png")
     (tmp_path / "bad.tif").write_bytes(b"II*\x00junk")
     with pytest.raises(InputError, match="cannot read TIFF"):
@@ -135,10 +140,10 @@ def test_rgb_layer_with_a_unit_leading_axis_opens_with_the_inferred_channel_axis
     ((3, 50, 70), {}, 0),
     ((4, 50, 3), {"in_channels": 4}, 0),           # the model's channel count decides between two short axes
     ((4, 50, 3), {}, 2),                           # else the last axis first
-    ((50, 70, 4), {"in_channels": 3}, 2),          # RGBA feeds an RGB model
+    ((50, 70, 4), {"in_channels": 3}, 2),          # a short last axis holds bands, whatever the model takes
     ((1, 50, 70), {}, 0),
     ((1, 1, 50, 70), {}, 1),                       # leading unit axes dropped while more than 3 remain
-    ((10, 12, 14), {}, None),                      # no short axis: the engine asks for one
+    ((20, 24, 28), {}, None),                      # no short axis: the engine asks for one
     ((1, 50, 70, 3), {"rgb": True}, 3),
     ((1, 2, 1, 50, 70), {"axes_names": list("tczyx")}, 1),
 ])
