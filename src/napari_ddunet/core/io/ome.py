@@ -330,12 +330,14 @@ def multiscales_entry(name: str, levels: int, calibration: Calibration | None = 
     return {"name": name, "axes": calibration.axes_metadata(), "datasets": datasets, "metadata": {"method": method}}
 
 
-def _omero(label: str, visible: bool, window: tuple[float, float], color: str = "FFFFFF") -> dict[str, Any]:
+def _omero(label: str, visible: bool, window: tuple[float, float] | None, color: str = "FFFFFF") -> dict[str, Any]:
     """omero rendering settings: napari-ome-zarr names a layer "<multiscales name>: <label>" and shows it
-    only where ``active`` says so."""
-    return {"channels": [{"label": label, "active": visible, "color": color, "window": {
-        "start": window[0], "end": window[1], "min": window[0], "max": window[1]}}],
-            "rdefs": {"model": "greyscale"}}
+    only where ``active`` says so. A label image gets no ``window``: napari-ome-zarr would pass it to the
+    Labels layer as contrast limits, which napari refuses."""
+    channel: dict[str, Any] = {"label": label, "active": visible, "color": color}
+    if window is not None:
+        channel["window"] = {"start": window[0], "end": window[1], "min": window[0], "max": window[1]}
+    return {"channels": [channel], "rdefs": {"model": "greyscale"}}
 
 
 def labels_metadata(name: str, levels: int, colors: Mapping[int, Sequence[float]],
@@ -353,7 +355,7 @@ def labels_metadata(name: str, levels: int, colors: Mapping[int, Sequence[float]
         "image-label": {"version": "0.5"},
     }
     if visible is not None:
-        ome["omero"] = _omero("labels", visible, (0.0, float(max(colors, default=1))))
+        ome["omero"] = _omero("labels", visible, None)
     if colors:
         ome["image-label"]["colors"] = [
             {"label-value": int(value), "rgba": [round(255 * float(v)) for v in rgba]}
