@@ -67,3 +67,17 @@ def test_store_from_a_065_um_ome_zarr_opens_over_the_image(make_napari_viewer, c
     assert theirs.visible and theirs.name.startswith("background-line-circle")
     np.testing.assert_allclose(theirs.colormap.map(2)[..., :3].ravel(), [0.3, 0.6, 1.0], atol=1 / 255)
     np.testing.assert_array_equal(np.asarray(theirs.data[0]), np.asarray(ours.data[0]))
+
+
+def test_napari_writer_keeps_the_layers_placement(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    labels = np.zeros((200, 260), np.uint8)
+    labels[50:120, 30:200] = 1
+    layer = viewer.add_labels(labels, name="seg", scale=(0.65, 0.65), translate=(4.0, 8.0), units=("um", "um"))
+    [written] = layer.save(str(tmp_path / "seg.ome.zarr"), plugin="napari-ddunet")
+    group = zarr.open_group(written, mode="r")["labels"]
+    calibration = ome.calibration(ome.multiscales(dict(group.attrs)))
+    assert calibration.scale == (0.65, 0.65) and calibration.translate == (4.0, 8.0)
+    assert calibration.units == ("micrometer", "micrometer")
+    [reopened] = viewer.open(written, plugin="napari-ddunet")
+    np.testing.assert_allclose(_extent(reopened), _extent(layer))
