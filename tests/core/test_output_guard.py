@@ -20,6 +20,7 @@ import torch
 import zarr
 
 from napari_ddunet import save_checkpoint, segment
+from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.inference.output_guard import (
     OutputInUse,
     OutputLock,
@@ -109,8 +110,21 @@ def test_input_that_is_the_old_outputs_labels_is_refused_before_anything_is_dele
     out = tmp_path / "out.zarr"
     run(np.random.default_rng(1).normal(size=(32, 48)), model, out)
     before = digest(out)
-    with pytest.raises(OutputError, match="is \\(or contains\\) the input"):
-        run(str(out / "labels" / "0"), model, out, overwrite=True)
+    labels = zarr.open_array(str(out / "labels" / "0"), mode="r")
+    for image in (str(out / "labels" / "0"), labels, da.from_zarr(labels)):   # a napari layer of it is a dask array
+        with pytest.raises(OutputError, match="is \\(or contains\\) the input"):
+            run(image, model, out, overwrite=True)
+    assert digest(out) == before
+
+
+def test_overwrite_deletes_nothing_when_the_schedule_is_refused(model, tmp_path):
+    """The old store goes only once the whole request (the schedule for its budget included) is accepted."""
+    img = np.random.default_rng(1).normal(size=(32, 48))
+    out = tmp_path / "out.zarr"
+    run(img, model, out)
+    before = digest(out)
+    with pytest.raises(DDUNetError, match="budget"):
+        run(img, model, out, overwrite=True, memory_budget=1)
     assert digest(out) == before
 
 
@@ -279,8 +293,9 @@ def test_torchrun_ranks_all_refuse_a_locked_output_without_waiting(tmp_path, mak
     finally:
         lock.release()
     assert proc.returncode != 0
-    assert proc.stderr.count("napari-ddunet predict: error: output ") == 2, proc.stderr[-3000:]
-    assert proc.stderr.count("in use by another napari-ddunet run") == 2, proc.stderr[-3000:]
+    assert proc.stderr.count("napari-ddunet predict: error: ") == 2, proc.stderr[-3000:]
+    assert proc.stderr.count("in use by another napari-ddunet run") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("rank 0 could not claim the output") == 1, proc.stderr[-3000:]
     assert not (tmp_path / "out.zarr").exists()
 
 

@@ -115,11 +115,13 @@ def _chain(path: Path) -> list[tuple[int, int]]:
     return [_identity(p) for p in (resolved, *resolved.parents) if p.exists()]
 
 
-def check_output(output: str | Path, *, overwrite: bool, resume: bool, reads: Iterable[Path] = ()) -> Path:
+def check_output(output: str | Path, *, overwrite: bool, resume: bool, reads: Iterable[Path] = (),
+                 probe: bool = True) -> Path:
     """Refuse an output that is in use, that would touch what the run reads or what it did not create, or
-    that cannot be written; touches nothing. ``reads`` are :func:`read_locations`."""
+    that cannot be written; touches nothing. ``reads`` are :func:`read_locations`. ``probe=False`` leaves
+    "in use" to :func:`claim_output` (ranks under torchrun, which must all decide alike)."""
     path = Path(output)
-    holder = _holder(path)
+    holder = _holder(path) if probe else None
     if holder is not None:
         raise OutputInUse(f"output {path} is in use by another napari-ddunet run ({holder}); wait for it to end "
                           "or choose another output")
@@ -312,13 +314,15 @@ def claim_output(request: Any) -> Iterator[None]:
         return
     lock: OutputLock | None = None
     error: Exception | None = None
+    if request.world > 1:   # every rank has validated the request before rank 0 locks (and clears) the store
+        request.distributed.barrier()
     if request.world == 1 or request.distributed.rank == 0:
         try:
             lock = _take(policy.path, overwrite=policy.overwrite, resume=policy.resume, reads=policy.reads)
         except Exception as failure:   # the other ranks must learn of any failure, or they wait forever
             error = failure
     if request.world > 1 and request.distributed.any(error is not None):
-        error = error or OutputError("rank 0 could not lock the output store; see its message")
+        error = error or OutputError(f"rank 0 could not claim the output {policy.path}; see its message")
     if error is not None:
         raise error
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -25,7 +26,9 @@ from napari_ddunet.core.inference.grid import GridPlan, plan_grid
 from napari_ddunet.core.inference.output_guard import check_output, read_locations
 from napari_ddunet.core.inference.schedule import DEFAULT_MEMORY_BUDGET, SCHEDULES
 from napari_ddunet.core.inference.stack import Stack, open_stack, plane_indices
+from napari_ddunet.core.io import normalization as value_ranges
 from napari_ddunet.core.io.images import ImageSource, InputError, check_finite, check_readable, open_image
+from napari_ddunet.core.io.normalization import Applied
 from napari_ddunet.core.io.ome import Calibration
 from napari_ddunet.core.network.model import DDUNet
 
@@ -72,6 +75,7 @@ class SegmentRequest:
     planes: tuple[tuple[int, ...], ...] = ()    # the stack's planes this run computes
     open_plane: Callable[[Any], ImageSource] | None = None   # one plane as ``source`` is opened
     calibration: Calibration | None = None      # where the input lies in physical space (its axes by name)
+    normalization: Applied | None = None        # the per-band (x - mean) / std above: its mode and image numbers
 
     def for_plane(self, index: tuple[int, ...]) -> SegmentRequest:
         """This request on one plane of its stack: the same model, grid and output, that plane's pixels."""
@@ -131,7 +135,8 @@ def build_request(image: Any, model: Any, *, subdomain_size: tuple[int, int] | N
                   communicate: bool | None, resume: bool, overwrite: bool, dtype: torch.dtype,
                   schedule: str | None, distributed: Any, channels: Sequence[int] | None = None,
                   axes: str | None = None, planes: Sequence[int | Sequence[int]] | None = None,
-                  calibration: Calibration | Mapping[str, Any] | None = None) -> SegmentRequest:
+                  calibration: Calibration | Mapping[str, Any] | None = None,
+                  normalization: str | None = None) -> SegmentRequest:
     """Check every argument of :func:`~napari_ddunet.core.inference.engine.segment_iter`; raise on the first bad one."""
     net = _resolve_model(model)
     device_list = tuple(resolve_devices(devices))
@@ -150,9 +155,11 @@ def build_request(image: Any, model: Any, *, subdomain_size: tuple[int, int] | N
         raise InputError(_with_stack_hint(str(error), opened)) from None
     plan = plan_grid(source.shape, _subdomain_size(net, source, subdomain_size), net.config.downsampling)
     rect = plan.tiles_in_region(region)
-    mean, std = _normalization(net, source)
+    applied = _normalization(net, planes_to_sample(source, stack, open_plane), normalization)
+    mean, std = (None, None) if applied is None else (applied.offset, applied.scale)
     reads = read_locations(image, source.array, *opened.levels)
     path = _output_path(output, overwrite, resume, distributed, reads)
+    _warn_value_range(net, applied)
     r0, r1, c0, c1 = rect
     top, _, left, _ = plan.cropped_box(r0, c0)
     _, bottom, _, right = plan.cropped_box(r1 - 1, c1 - 1)
@@ -164,7 +171,7 @@ def build_request(image: Any, model: Any, *, subdomain_size: tuple[int, int] | N
     policy = OutputPolicy(path, resume, probabilities, logits, features, overwrite, reads)
     return SegmentRequest(net, source, plan, rect, device_list, dtype, budget, schedule, exchange, halo_rows,
                           mean, std, policy, distributed, stack, chosen, open_plane,
-                          _calibration(calibration, source if stack is None else opened))
+                          _calibration(calibration, source if stack is None else opened), applied)
 
 
 def _calibration(given: Calibration | Mapping[str, Any] | None, image: Any) -> Calibration | None:
@@ -222,14 +229,38 @@ def _subdomain_size(net: DDUNet, source: ImageSource, size: tuple[int, int] | No
     return size
 
 
-def _normalization(net: DDUNet, source: ImageSource) -> tuple[np.ndarray | None, np.ndarray | None]:
+def planes_to_sample(source: ImageSource, stack: Stack | None,
+                     open_plane: Callable[[Any], ImageSource]) -> list[ImageSource]:
+    """The planes a run samples (input fingerprint, value range): the image, or a stack's first, middle and last
+    plane, whichever planes the run computes."""
+    if stack is None:
+        return [source]
+    indices = stack.indices()
+    picks = sorted({0, len(indices) // 2, len(indices) - 1})
+    return [open_plane(stack.plane(indices[i])) for i in picks]
+
+
+def _normalization(net: DDUNet, sampled: list[ImageSource], choice: str | None) -> Applied | None:
+    """The run's normalisation from the checkpoint's record, ``choice`` and a lattice sample of the input,
+    computed once here so every subdomain, schedule and resumed run uses the same numbers."""
     info = getattr(net, "info", None)
     norm = info.normalization if info is not None else None
-    if norm is None:
-        return None, None
-    if len(norm.mean) != source.channels:
-        raise InputError(f"checkpoint normalisation has {len(norm.mean)} channels, the image {source.channels}")
-    return np.asarray(norm.mean, dtype=np.float64), np.asarray(norm.std, dtype=np.float64)
+    if norm is None and choice in (None, "checkpoint"):
+        value_ranges.check_mode(choice or "checkpoint", value_ranges.CHOICES)
+        return None
+    if norm is not None and len(norm.mean) != sampled[0].channels:
+        raise InputError(f"checkpoint normalisation has {len(norm.mean)} channels, the image {sampled[0].channels}")
+    return value_ranges.resolve(norm, choice, value_ranges.image_statistics(sampled))
+
+
+def _warn_value_range(net: DDUNet, applied: Applied | None) -> None:
+    """A ValueRangeWarning (one line; the CLI prints it, napari's worker makes it a notification) when the input
+    lies far from the training data, and when the run overrides the trained mode."""
+    info = getattr(net, "info", None)
+    for line in (value_ranges.override_note(applied),
+                 value_ranges.compare(info.normalization if info is not None else None, applied)):
+        if line:
+            warnings.warn(line, value_ranges.ValueRangeWarning, stacklevel=4)
 
 
 def _output_path(output: str | Path | None, overwrite: bool, resume: bool, distributed: Any,
@@ -238,7 +269,9 @@ def _output_path(output: str | Path | None, overwrite: bool, resume: bool, distr
         if distributed is not None and distributed.world > 1:
             raise EngineError("a distributed run needs an output store that every rank can write")
         return None
-    return check_output(output, overwrite=overwrite, resume=resume, reads=reads)
+    # under torchrun only rank 0's claim decides "in use", so that all ranks stop alike
+    single = distributed is None or distributed.world <= 1
+    return check_output(output, overwrite=overwrite, resume=resume, reads=reads, probe=single)
 
 
 def _exchange(net: DDUNet, plan: GridPlan, communicate: bool | None) -> tuple[bool, int]:
