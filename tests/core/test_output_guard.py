@@ -85,6 +85,12 @@ def test_output_inside_or_around_the_input_is_refused_in_every_spelling(ome_inpu
         with pytest.raises(OutputError, match=match):
             run(str(ome_input), model, output, overwrite=True)
         assert digest(ome_input.parent) == before, name
+    # the input through a symlink, the output through a symlinked parent folder
+    alias = tmp_path / "alias"
+    alias.symlink_to(ome_input.parent)
+    for image, output in ((str(link), ome_input / "labels"), (str(ome_input), alias / ome_input.name / "labels")):
+        with pytest.raises(OutputError, match="lies inside"):
+            run(image, model, output, overwrite=True)
     # the same when the input is an array object, not a path: its store is found from the array itself
     level0 = zarr.open_group(str(ome_input), mode="r")["0"]
     for image in (level0, da.from_zarr(level0)):
