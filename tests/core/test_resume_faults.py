@@ -301,6 +301,21 @@ def test_corrupt_metadata_is_one_line_and_touches_nothing(files, whole, where, t
     assert digest(out) == before
 
 
+def test_chunks_of_zeros_are_written_so_a_complete_store_resumes_as_complete(tmp_path):
+    """A model that answers class 0 everywhere: every label chunk is zeros, and still on disk."""
+    model = tiny_model()
+    with torch.no_grad():
+        model.decoder.outc.bias.copy_(torch.tensor([1e6, 0.0, 0.0], dtype=torch.float64))
+    out = tmp_path / "zeros.zarr"
+    kwargs = {"subdomain_size": SUB, "dtype": torch.float64, "output": out, "schedule": "wavefront"}
+    segment(image(), model, **kwargs)
+    assert len(list((out / "labels" / "0" / "c").rglob("*"))) == 5 + GRID   # 5 row folders, a chunk each
+    events = []
+    segment(image(), model, resume=True, progress=events.append, **kwargs)
+    assert "recomputing" not in events[0].message
+    assert not [e for e in events if e.phase == "write"]
+
+
 def test_a_store_without_its_record_of_written_chunks_is_not_second_guessed(files, whole, tmp_path, capsys):
     """Old stores skipped chunks of zeros: without ``empty_chunks`` a missing chunk is not taken as lost."""
     out = copy_of(whole["wavefront"], tmp_path)

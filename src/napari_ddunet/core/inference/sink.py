@@ -4,6 +4,8 @@ Store layout (a zarr v3 group, see docs/engine.md):
 
 - ``labels/0 .. labels/L``: OME-Zarr 0.5 multiscale label pyramid (uint8/uint16); level l is level
   l-1 downsampled 2x by the mode of each 2x2 block (ties go to the top-left pixel, i.e. nearest).
+- ``labels/<task>/0 .. L``: the same pyramid as a standard OME-Zarr label image; the root's ``ome``
+  attributes make the store an OME-Zarr image over ``labels/0 ..`` (:meth:`Sink._write_ome`).
 - ``probabilities`` (K, H, W) float16, ``logits`` (K, H, W) in the compute dtype (on request).
 - ``bottleneck`` / ``communicated`` (F, ceil(H/2**D), ceil(W/2**D)) in the compute dtype (features=True).
 - ``_work/bottleneck`` (F, rows*hb, cols*wb): the F-channel bottleneck of every encoded subdomain,
@@ -140,9 +142,8 @@ class Sink:
                 dims = ("row", "col") if plane == 2 else ("c", "y", "x")
             dims = tuple(axis for axis, _ in self.leading) + dims
             # every chunk is written, even one of zeros, so that resume can tell a lost chunk from an empty one
-            root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, dimension_names=dims,
-                              config={"write_empty_chunks": True})
-            self.arrays[name] = root[name]
+            self.arrays[name] = root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                                                  dimension_names=dims, config={"write_empty_chunks": True})
         self._write_ome(root, colors, meta)
         self.root = root
         self.meta = meta
@@ -185,9 +186,11 @@ class Sink:
         """Trust the progress record only where the store holds the data; returns a note for the first event.
 
         A subdomain marked done whose chunk is missing from any output array (a store that records that every
-        chunk is written, even one of zeros) or whose label chunks do not decode is un-marked, and so is an
-        encoded subdomain whose stored bottleneck is missing or does not decode: the run recomputes them. Chunk
-        presence comes from one key listing per array; only the label and bottleneck chunks are decoded.
+        chunk is written, even one of zeros) or whose level-0 label chunk does not decode is un-marked, and so
+        is an encoded subdomain whose stored bottleneck is missing or does not decode: the run recomputes them.
+        Chunk presence comes from one key listing per array (a lost chunk would read as zeros); decoding costs
+        about a millisecond per chunk in zarr, so only the labels and the bottlenecks this run reads back are
+        decoded, a bounded block at a time. A truncated chunk elsewhere fails loudly when read, never as zeros.
         """
         done, damaged_done = self._read_flags("_work/done")
         encoded, damaged_encoded = self._read_flags("_work/encoded")
@@ -200,7 +203,7 @@ class Sink:
             if name in ("_work/done", "_work/encoded") or not flags.any():
                 continue
             missing = _missing_chunks(array, flags) if checked else np.zeros_like(flags)
-            if name.startswith("labels/") or name == "_work/bottleneck":
+            if name in DECODED:
                 missing |= _undecodable_chunks(array, flags & ~missing)
             if missing.any():
                 lost.add(name)
@@ -350,15 +353,25 @@ def _missing_chunks(array: Any, flags: np.ndarray) -> np.ndarray:
     return missing
 
 
+#: The arrays whose chunks resume decodes: the labels, and the bottlenecks it reads back into the run.
+DECODED = ("labels/0", "_work/bottleneck")
+
+#: Verification decodes a whole row of chunks at once when it is at most this many bytes, else chunk by chunk.
+VERIFY_BLOCK_BYTES = 16 * 2**20
+
+
 def _undecodable_chunks(array: Any, flags: np.ndarray) -> np.ndarray:
-    """True where a flagged subdomain's chunk of ``array`` does not decode; read one row of chunks at a time."""
+    """True where a flagged subdomain's chunk of ``array`` does not decode; a row of chunks at a time when the
+    row is small (``VERIFY_BLOCK_BYTES``), else one chunk at a time, so memory stays bounded."""
     bad = np.zeros(flags.shape, dtype=bool)
+    row_bytes = int(np.prod(array.chunks)) * array.dtype.itemsize * flags.shape[-1]
     for row in zip(*np.nonzero(flags.any(axis=-1)), strict=True):
-        try:
-            array.blocks[_chunk(array, (*row, 0), whole_row=True)]
-            continue
-        except Exception:
-            pass
+        if row_bytes <= VERIFY_BLOCK_BYTES:
+            try:
+                array.blocks[_chunk(array, (*row, 0), whole_row=True)]
+                continue
+            except Exception:
+                pass
         for col in np.nonzero(flags[row])[0]:
             index = (*(int(i) for i in row), int(col))
             try:
