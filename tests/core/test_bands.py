@@ -122,6 +122,25 @@ def test_alpha_only_where_the_tiff_says_so(tmp_path, bgrn):
                                       np.moveaxis(rgb, -1, 0))
 
 
+def test_band_names_from_ome_zarr_and_ome_tiff_on_one_line(tmp_path, bgrn):
+    cyx = np.moveaxis(bgrn, -1, 0)
+    root = zarr.open_group(str(tmp_path / "scene.ome.zarr"), mode="w")
+    root.create_array("0", data=cyx)
+    names = ["blue", "green", "red", "near\ninfrared band of a very long name"]      # a file's text, untrusted
+    root.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": ["c", "y", "x"], "datasets": [{"path": "0"}]}],
+                         "omero": {"channels": [{"label": name} for name in names]}}
+    with pytest.raises(InputError) as caught:
+        open_image(tmp_path / "scene.ome.zarr", in_channels=3)
+    assert "\n" not in str(caught.value)
+    assert "0 blue, 1 green, 2 red, 3 near infrared band of...), the model expects 3" in str(caught.value)
+    assert open_image(tmp_path / "scene.ome.zarr", in_channels=3, channels=(2, 1, 0)).note == \
+        "bands 2, 1, 0 of 4 (red, green, blue)"
+    tifffile.imwrite(tmp_path / "scene.ome.tif", cyx, ome=True, metadata={"axes": "CYX", "Channel": {
+        "Name": ["B", "G", "R", "NIR"]}})
+    assert open_image(tmp_path / "scene.ome.tif", in_channels=3, channels=(3, 2, 1)).note == \
+        "bands 3, 2, 1 of 4 (NIR, R, G)"
+
+
 def _logged_store():
     """A zarr store that records the chunk keys read (zarr's own LoggingStore)."""
     keys: list[str] = []
@@ -246,10 +265,12 @@ def test_real_landsat_scene_through_the_cli_and_the_library(tmp_path, cli_files,
     out = tmp_path / "rgb.zarr"
     assert main(["predict", str(ckpt), scene, str(out), "--subdomain-size", "64", "64", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "image has 10 bands (CYX, shape (10, 603, 627)), the model expects 3" in err[0]
+    assert len(err) == 1 and "image has 10 bands (CYX, shape (10, 603, 627); 0 B1, 1 B2, 2 B3, 3 B4, 4 B5" in err[0]
+    assert "9 B11), the model expects 3" in err[0]                    # the file's band names, to choose by
     assert not out.exists()
     assert main(["predict", str(ckpt), scene, str(out), "--subdomain-size", "64", "64", "--channels", "3", "2", "1",
-                 "--float64", "--quiet"]) == 0
+                 "--float64"]) == 0
+    assert "bands 3, 2, 1 of 10 (B4, B3, B2)" in capsys.readouterr().err
     from napari_ddunet import load_checkpoint
 
     net = load_checkpoint(ckpt).double()

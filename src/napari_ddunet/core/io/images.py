@@ -26,6 +26,8 @@ class InputError(DDUNetError):
 
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: Band names a mismatch line lists at most (a hyperspectral cube has hundreds).
+MAX_NAMED = 16
 #: Formats that are decoded whole (no tiles): fine for photos and microscope snapshots.
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -49,6 +51,7 @@ class OpenedImage:
     description: str
     alpha: bool = False              # the file marks the last band as alpha (TIFF ExtraSamples, PNG RGBA/LA)
     calibration: ome.Calibration | None = None  # pixel size, origin and unit per axis, where the file says
+    band_names: tuple[str, ...] | None = None   # one per band where the file names them (GDAL, OME)
 
     @property
     def array(self) -> Any:
@@ -65,8 +68,9 @@ def _open_group(group: Any, where: str) -> OpenedImage:
                 levels.append(group[dataset["path"]])
             except KeyError:
                 raise InputError(f"{where}: OME-Zarr level {len(levels)} ({dataset['path']!r}) is missing") from None
+        labels = ome.channel_labels(dict(group.attrs))
         return OpenedImage(levels, ome.axis_names(entry), ome.level_scale(entry["datasets"][0], entry), where,
-                           calibration=ome.calibration(entry))
+                           calibration=ome.calibration(entry), band_names=None if labels is None else tuple(labels))
     arrays = sorted(name for name, _ in group.arrays())
     if "0" in arrays:
         return OpenedImage([group["0"]], None, None, where)
@@ -85,11 +89,33 @@ def _open_tiff(path: Path) -> OpenedImage:
             axes = ["c" if a in "CS" else a.lower() for a in tif.series[0].axes.upper()]
             alpha = _tiff_alpha(tif.series[0].pages[0])
             calibration = ome.tiff_calibration(tif, axes)
+            names = _tiff_band_names(tif)
         node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
         levels = [node] if isinstance(node, zarr.Array) else [node[k] for k in sorted(node.array_keys(), key=int)]
     except Exception as error:
         raise InputError(f"cannot read TIFF {path}: {_first_line(error)}") from None
-    return OpenedImage(levels, axes, None, str(path), alpha, calibration)
+    return OpenedImage(levels, axes, None, str(path), alpha, calibration, names)
+
+
+def _tiff_band_names(tif: Any) -> tuple[str, ...] | None:
+    """Band names an OME-TIFF (Channel Name) or a GDAL GeoTIFF (DESCRIPTION items per sample) records."""
+    from xml.etree import ElementTree
+
+    if tif.is_ome and tif.ome_metadata:
+        names = ome.ome_xml_channel_names(tif.ome_metadata)
+        return None if names is None else tuple(names)
+    tag = tif.pages[0].tags.get(42112)   # GDAL_METADATA
+    if tag is None:
+        return None
+    try:
+        root = ElementTree.fromstring(str(tag.value))
+    except ElementTree.ParseError:
+        return None
+    found = {int(item.get("sample")): item.text or "" for item in root.iter("Item")
+             if item.get("name") == "DESCRIPTION" and str(item.get("sample", "")).isdigit()}
+    if not found:
+        return None
+    return tuple(found.get(i, "") for i in range(max(found) + 1))
 
 
 def _open_picture(path: Path) -> OpenedImage:
@@ -327,7 +353,9 @@ def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int 
         raise InputError(f"unsupported pixel type {dtype}; use integer or floating-point pixels")
     have = 1 if axis is None else shape[axis]
     where = "YX" if axis is None else f"{'CYX' if axis == 0 else 'YXC'}, shape {shape}"
-    bands, note = choose_bands(have, in_channels, channels, alpha=opened.alpha and axis is not None, where=where)
+    names = opened.band_names if opened.band_names is not None and len(opened.band_names) == have else None
+    bands, note = choose_bands(have, in_channels, channels, alpha=opened.alpha and axis is not None, where=where,
+                               names=names)
     calibration = None if opened.calibration is None else opened.calibration.select(("y", "x"))
     source = ImageSource(array, axis, have if bands is None else len(bands), opened.description, bands, note,
                          calibration)
@@ -338,10 +366,11 @@ def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int 
 
 
 def choose_bands(have: int, in_channels: int | None, channels: Sequence[int] | None, *, alpha: bool = False,
-                 where: str = "") -> tuple[tuple[int, ...] | None, str]:
+                 where: str = "", names: Sequence[str] | None = None) -> tuple[tuple[int, ...] | None, str]:
     """The bands to read of an image with ``have`` bands (None: all, as stored) and a note saying how
     they were chosen; raises :class:`InputError` for a band that does not exist or a count the model
-    does not take. The one rule for the engine, the widget and the trainer."""
+    does not take. The one rule for the engine, the widget and the trainer. ``names`` (the file's, one
+    per band) are shown in the note and the mismatch line, so the user can tell which index is which."""
     if channels is not None:
         chosen = tuple(channels)
         if not chosen:
@@ -357,12 +386,22 @@ def choose_bands(have: int, in_channels: int | None, channels: Sequence[int] | N
                              f"({' '.join(map(str, chosen))}), the model expects {in_channels}")
         if chosen == tuple(range(have)):
             return None, ""
-        return chosen, f"bands {', '.join(map(str, chosen))} of {have}"
+        named = f" ({', '.join(_short(names[band]) for band in chosen)})" if names else ""
+        return chosen, f"bands {', '.join(map(str, chosen))} of {have}{named}"
     if in_channels is None or have == in_channels:
         return None, ""
     if alpha and have - 1 == in_channels:
         return tuple(range(in_channels)), f"bands 0..{in_channels - 1} of {have} (band {have - 1} is alpha)"
+    if names:
+        listed = ", ".join(f"{i} {_short(name)}" for i, name in enumerate(names[:MAX_NAMED]))
+        where += f"; {listed}" + (f", ... ({have - MAX_NAMED} more)" if have > MAX_NAMED else "")
     raise InputError(layout.band_mismatch(have, in_channels, where))
+
+
+def _short(name: str) -> str:
+    """A band name from a file, on one line and at most 24 characters."""
+    text = " ".join(str(name).split())
+    return text if len(text) <= 24 else text[:21] + "..."
 
 
 def check_readable(source: ImageSource, box: tuple[int, int, int, int] | None = None) -> None:

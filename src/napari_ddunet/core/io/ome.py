@@ -161,6 +161,29 @@ def multiscales(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict(entries[0]) if entries else None
 
 
+def channel_labels(attrs: Mapping[str, Any]) -> list[str] | None:
+    """The band names an OME-Zarr image group records (``omero.channels[].label``), or None."""
+    meta = _ome(attrs)
+    omero = meta.get("omero") if isinstance(meta, Mapping) else None
+    channels = omero.get("channels") if isinstance(omero, Mapping) else None
+    if not isinstance(channels, list) or not channels:
+        return None
+    return [str(c.get("label", "")) if isinstance(c, Mapping) else "" for c in channels]
+
+
+def ome_xml_channel_names(xml: str) -> list[str] | None:
+    """The Channel Name attributes of OME-XML's first Pixels element (an OME-TIFF's band names), or None."""
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return None
+    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None
+    names = [c.get("Name", "") for c in pixels if c.tag.rsplit("}", 1)[-1] == "Channel"]
+    return names if any(names) else None
+
+
 def axis_names(entry: Mapping[str, Any]) -> list[str] | None:
     """Lower-case axis names of a multiscales entry (0.4 allows bare strings)."""
     axes = entry.get("axes")
