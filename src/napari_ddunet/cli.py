@@ -36,10 +36,6 @@ EXIT_CODES_HELP = """exit status:
   1    a bug (the only case that prints a traceback; please report it)"""
 
 
-class UsageError(DDUNetError):
-    """A bad command-line value found after parsing."""
-
-
 class HelpFormatter(argparse.HelpFormatter):
     """Wraps descriptions as usual but keeps the exit-status table of an epilog as written."""
 
@@ -101,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     name = f"napari-ddunet {args.command}"
     try:
-        return int(args.run(args) or 0)
+        return int(args.run(args) or EXIT_DONE)
     except RunIOError as error:   # its message names --resume
         print(f"{name}: {_first_line(error)}", file=sys.stderr)
         return EXIT_IO_FAULT
