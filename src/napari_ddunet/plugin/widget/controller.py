@@ -67,11 +67,16 @@ class RunRequest:
     devices: tuple[str, ...]
     channel_axis: int | None
     output: str | None = None
+    channels: tuple[int, ...] | None = None  # the bands that feed the model, in order (None: all)
     features: bool = False
     region: tuple[int, int, int, int] | None = None
     memory_budget_mb: int = 0
     kind: str = "main"
     cancel: threading.Event = field(default_factory=threading.Event)
+    calibration: Any = None  # the image layer's y/x scale, translate and units, for the store's OME metadata
+    axes: str | None = None  # a stack's axes ("ZYX", "TCZYX"): its t/z planes are segmented one by one
+    planes: tuple[tuple[int, ...], ...] | None = None  # the stack's planes to segment (None: all)
+    plane_count: int = 1     # planes the labels hold (a stack's), for where they can live
 
     def run_yx(self) -> tuple[int, int]:
         """Pixels the run covers: the region's, or the whole image's."""
@@ -87,8 +92,12 @@ class RunRequest:
             "output": self.output,
             "features": self.features,
             "channel_axis": self.channel_axis,
+            "channels": self.channels,
             "region": self.region,
             "cancel": self.cancel,
+            "calibration": self.calibration,
+            "axes": self.axes,
+            "planes": self.planes,
         }
         if self.kind == "compare":
             kwargs["communicate"] = False
@@ -129,7 +138,8 @@ class RunController(QObject):
 
         if self.worker is not None:
             return False
-        request.output = output_for(request.output, request.run_yx())
+        height, width = request.run_yx()
+        request.output = output_for(request.output, (height * request.plane_count, width))
         self.request, self.error = request, None
         if request.kind == "main":
             self.result = None

@@ -20,13 +20,15 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_ddunet.core.checkpoints.bundled import bundled_models
 from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.inference.stack import layer_axes
+from napari_ddunet.core.io.images import choose_bands
 from napari_ddunet.core.io.layout import infer_channel_axis, yx_axes
 from napari_ddunet.plugin import settings as _settings
 from napari_ddunet.plugin.grid_layer import GRID_LAYER_NAME, grid_shape, remove_grid_layers, update_grid_layer
 from napari_ddunet.plugin.live import expects_multiscale, visible_region
 from napari_ddunet.plugin.widget import results
 from napari_ddunet.plugin.widget.controller import IN_MEMORY_PIXELS, RunController, RunRequest
-from napari_ddunet.plugin.widget.form import NO_MODEL, build_form
+from napari_ddunet.plugin.widget.form import CURRENT_PLANE, NO_MODEL, build_form, show_bands
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class DDUNetWidget(QWidget):
         self._labels_target = None
         self._dirty = False
         self._image = None
+        self._stacked = False   # the chosen layer has t/z planes (see stack_axes)
         self.form = build_form(self._image_choices, list(bundled_models()), _settings.plugin_defaults())
         self.card = Label(value="No checkpoint loaded.")
         self.card.native.setWordWrap(True)
@@ -114,6 +117,8 @@ class DDUNetWidget(QWidget):
         form.image.changed.connect(self._on_image_changed)
         for field in (form.channel_axis, form.subdomain_size, form.show_grid):
             field.changed.connect(self._schedule_grid)
+        form.channel_axis.changed.connect(self._show_bands)
+        form.channel_axis.changed.connect(self._show_planes)
         self.run_button.changed.connect(lambda: self.run())
         self.cancel_button.changed.connect(self.cancel)
         self.features_button.changed.connect(self.show_feature_maps)
@@ -225,12 +230,54 @@ class DDUNetWidget(QWidget):
             shape = image_shape(layer)
             choices += [(f"{axis} (size {size})", axis) for axis, size in enumerate(shape)]
             in_channels = self.model.config.in_channels if self.model is not None else None
-            guess = infer_channel_axis(shape, rgb=bool(getattr(layer, "rgb", False)), in_channels=in_channels)
+            rgb = bool(getattr(layer, "rgb", False))
+            guess = infer_channel_axis(shape, rgb=rgb, in_channels=in_channels)
+            if guess is not None and in_channels == 1 and not rgb and guess < len(shape) - 1 and shape[guess] > 1:
+                guess = None   # a one-band model on an axis napari shows as a slider: planes, not bands
         field = self.form.channel_axis
         with field.changed.blocked():
             field.choices = choices
             field.value = guess
+        self._show_bands()
+        self._show_planes()
         self._schedule_grid()
+
+    def _show_planes(self, *_: Any) -> None:
+        """The "Planes" choice (whole stack or current plane) only for a layer with t/z sliders."""
+        layer = self.image_layer()
+        try:
+            self._stacked = layer is not None and self.stack_axes(layer) is not None
+        except DDUNetError:
+            self._stacked = False
+        self.form.planes.visible = self._stacked
+        self._update_buttons()
+
+    def stack_axes(self, layer) -> str | None:
+        """The engine's ``axes`` for a layer with planes ("ZYX", "TCZYX"), None for a 2D one."""
+        labels = getattr(layer, "axis_labels", None)
+        return layer_axes(image_shape(layer), self.form.channel_axis.value, labels)
+
+    def result_axes(self, layer) -> tuple[int, ...]:
+        """The layer's axes the labels have: a stack's planes (those with more than one), then y and x."""
+        axes, shape = self.stack_axes(layer), image_shape(layer)
+        lead = () if axes is None else tuple(i for i, a in enumerate(axes) if a in "TZ" and shape[i] > 1)
+        return (*lead, *self.yx(layer))
+
+    def current_plane(self, layer, lead: tuple[int, ...]) -> tuple[int, ...]:
+        """The plane the viewer shows of ``layer``: its dims position along the leading axes ``lead``."""
+        point = np.asarray(layer.world_to_data(self.viewer.dims.point), dtype=float)
+        shape = image_shape(layer)
+        return tuple(int(np.clip(round(point[i]), 0, shape[i] - 1)) for i in lead)
+
+    def _bands_of(self, layer) -> int | None:
+        """Bands on the chosen channel axis of ``layer`` (None without one)."""
+        axis = self.form.channel_axis.value
+        return None if layer is None or axis is None else int(image_shape(layer)[axis])
+
+    def _show_bands(self, *_: Any) -> None:
+        """The band picker for the image's channel axis, reset to the model's first bands."""
+        in_channels = self.model.config.in_channels if self.model is not None else None
+        show_bands(self.form, self._bands_of(self.image_layer()), in_channels)
 
     def yx(self, layer) -> tuple[int, int]:
         return yx_axes(len(image_shape(layer)), self.form.channel_axis.value)
@@ -289,11 +336,15 @@ class DDUNetWidget(QWidget):
         run_yx, shape = self.yx(layer), image_shape(layer)
         if max(run_yx) >= min(layer.ndim, len(shape)):
             return
+        try:
+            axes = self.result_axes(layer)
+        except DDUNetError:
+            return
         yx = (shape[run_yx[0]], shape[run_yx[1]])
         output = self.form.output.value.strip() or (
             "store" if yx[0] * yx[1] > IN_MEMORY_PIXELS else None)
         self.labels_layer = results.prepare_labels_layer(
-            self.viewer, layer, run_yx, self.model.info, self._expects_multiscale(output, yx), visible=False
+            self.viewer, layer, axes, self.model.info, self._expects_multiscale(output, yx), visible=False
         )
 
     def _update_buttons(self) -> None:
@@ -303,7 +354,9 @@ class DDUNetWidget(QWidget):
         self.cancel_button.enabled = running and not self.controller.cancelling
         result = self.controller.result
         self.features_button.enabled = result is not None and result.bottleneck is not None and not running
-        self.compare_button.enabled = ready and not running and bool(self.model.config.comm_features)
+        # the side-by-side comparison is of a 2D image; a stack's planes are compared one by one in 2D
+        self.compare_button.enabled = (ready and not running and bool(self.model.config.comm_features)
+                                       and not self._stacked)
 
     def request(self, *, kind: str = "main", region: tuple[int, int, int, int] | None = None) -> RunRequest | None:
         """The run the form describes (None, with a notification, when it cannot start)."""
@@ -317,8 +370,24 @@ class DDUNetWidget(QWidget):
             return None
         if kind == "main" and region is None and self.form.current_view_only.value:
             region = self.current_view_region()
+        have = self._bands_of(layer)
+        channels = None if have is None else tuple(int(band) for band in self.form.bands.value)
+        if channels is not None:
+            try:
+                choose_bands(have, self.model.config.in_channels, channels)
+            except DDUNetError as error:
+                show_error(str(error))
+                return None
         shape = image_shape(layer)
         ya, xa = self.yx(layer)
+        try:
+            axes, placed = self.stack_axes(layer), self.result_axes(layer)
+        except DDUNetError as error:
+            show_error(str(error))
+            return None
+        lead = placed[:-2]
+        planes = (self.current_plane(layer, lead),) if axes and self.form.planes.value == CURRENT_PLANE else None
+        names = [axes[i].lower() for i in lead] + ["y", "x"] if axes else ["y", "x"]
         return RunRequest(
             image=layer.data[0] if layer.multiscale else layer.data,
             model=self.model,
@@ -326,11 +395,16 @@ class DDUNetWidget(QWidget):
             subdomain_size=tuple(self.form.subdomain_size.value),
             devices=devices,
             channel_axis=self.form.channel_axis.value,
+            channels=channels,
             output=(self.form.output.value.strip() or None) if kind == "main" else None,
-            features=kind == "main" and self.form.features.value,
+            features=kind == "main" and self.form.features.value and axes is None,
             region=region,
             memory_budget_mb=int(self.form.memory_budget_mb.value),
             kind=kind,
+            calibration=results.layer_calibration(layer, placed, names),
+            axes=axes,
+            planes=planes,
+            plane_count=int(np.prod([shape[i] for i in lead])),
         )
 
     def run(self, *, kind: str = "main", region: tuple[int, int, int, int] | None = None) -> RunRequest | None:
@@ -358,13 +432,14 @@ class DDUNetWidget(QWidget):
 
     def _on_started(self, request: RunRequest) -> None:
         self._run_layer, self._run_yx = self.image_layer(), self.yx(self.image_layer())
+        self._run_axes = self.result_axes(self._run_layer)
         self._labels_target = None
         if request.kind == "main":
             multiscale = self._expects_multiscale(
                 request.output, request.run_yx() if request.region is not None else request.image_yx
             )
             self.labels_layer = results.prepare_labels_layer(
-                self.viewer, self._run_layer, self._run_yx, self.model.info, multiscale
+                self.viewer, self._run_layer, self._run_axes, self.model.info, multiscale
             )
         self.progress.max = 0  # busy until the first event says how much there is
         self.status.value = "starting..."
@@ -376,14 +451,15 @@ class DDUNetWidget(QWidget):
             self._labels_target = event.outputs["labels"]
             if request.kind == "main":
                 self.labels_layer = results.attach_labels(
-                    self.viewer, self.labels_layer, self._run_layer, self._run_yx, self.model.info,
+                    self.viewer, self.labels_layer, self._run_layer, self._run_axes, self.model.info,
                     self._labels_target, request.output,
                 )
         total = max(int(event.total), 1)
         self.progress.max = total
         self.progress.value = min(int(event.done), total)
         stopping = "cancelling... " if request.cancel.is_set() else ""
-        self.status.value = f"{stopping}{event.phase}: {event.done}/{event.total}"
+        plane = "" if event.plane is None else f" (plane {', '.join(map(str, event.plane))})"
+        self.status.value = f"{stopping}{event.phase}{plane}: {event.done}/{event.total}"
         if event.region is not None:
             self._dirty = True
         self.progressed.emit(event)
