@@ -7,7 +7,12 @@ run must resume at the plane and subdomain where it stopped.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +20,7 @@ import tifffile
 import torch
 import zarr
 
-from napari_ddunet import save_checkpoint, segment
+from napari_ddunet import load_checkpoint, save_checkpoint, segment
 from napari_ddunet.cli import main
 from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.inference.engine import segment_iter
@@ -110,18 +115,40 @@ def test_tczyx_stack_with_channels(make_model, tmp_path):
     assert zarr.open_array(str(out / "labels" / "0")).metadata.dimension_names == ("t", "z", "y", "x")
 
 
-def test_imagej_tiff_z_stack(make_model, tmp_path):
-    """ImageJ hyperstacks name their axes (ZYX) and their z spacing: the labels keep both."""
+def test_imagej_tiff_z_stack(make_model, tmp_path, realdata_zstack):
+    """The real confocal stack saved as an ImageJ hyperstack, which names its axes (ZYX) and z spacing:
+    segmented plane by plane without being told, the labels keep the spacing and unit."""
     model = make_model()
-    stack = (_planes((3, 40, 40), seed=2) * 255).astype(np.uint8)
-    tifffile.imwrite(tmp_path / "z.tif", stack, imagej=True, resolution=(1 / 0.65, 1 / 0.65),
-                     metadata={"axes": "ZYX", "spacing": 2.5, "unit": "um"})
+    stack = np.asarray(tifffile.imread(realdata_zstack)[20:23, 96:136, 96:136])
+    tifffile.imwrite(tmp_path / "z.tif", stack, imagej=True, resolution=(1 / 0.26, 1 / 0.26),
+                     metadata={"axes": "ZYX", "spacing": 0.29, "unit": "um"})
     out = tmp_path / "out.zarr"
     labels = segment(str(tmp_path / "z.tif"), model, output=str(out), **F64)
     assert np.array_equal(np.asarray(labels), _plane_by_plane(model, stack, 1, **F64))
     entry = dict(zarr.open_group(str(out / "labels")).attrs)["ome"]["multiscales"][0]
     assert entry["axes"][0] == {"name": "z", "type": "space", "unit": "micrometer"}
-    assert entry["datasets"][0]["coordinateTransformations"][0]["scale"][0] == 2.5
+    assert entry["datasets"][0]["coordinateTransformations"][0]["scale"][0] == 0.29
+
+
+def test_real_z_stack_without_axis_names_through_the_cli(make_model, tmp_path, realdata_zstack, capsys):
+    """nuclei.tif names no axes (tifffile reads QYX): without --axes one line that says --axes ZYX and no
+    output; with --axes ZYX --planes, those planes are the 2D engine's and the others stay 0."""
+    ckpt = save_checkpoint(tmp_path / "m.pt", make_model(), subdomain_size=(64, 64))
+    out = tmp_path / "out.zarr"
+    base = ["predict", str(ckpt), str(realdata_zstack), str(out), "--float64", "--quiet"]
+    assert main(base) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--axes ZYX" in error and "\n" not in error and not out.exists()
+    assert main([*base, "--axes", "ZYX", "--planes", "10", "41"]) == 0
+    store = open_output(out)
+    labels, done = store["labels"], np.asarray(store["done"], dtype=bool)
+    assert labels.shape == (60, 256, 256) and labels.chunks == (1, 64, 64)
+    assert done[[10, 41]].all() and done.sum() == 2 * 16 and not store["attrs"]["complete"]
+    stack, model = tifffile.imread(realdata_zstack), load_checkpoint(ckpt)
+    for z in (10, 41):
+        assert np.array_equal(np.asarray(labels[z]), segment(stack[z], model, subdomain_size=(64, 64),
+                                                             dtype=torch.float64))
+    assert not np.asarray(labels[11]).any()
 
 
 def test_time_series_resumes_at_the_plane_and_subdomain_where_it_stopped(make_model, tmp_path):
@@ -154,6 +181,37 @@ def test_time_series_resumes_at_the_plane_and_subdomain_where_it_stopped(make_mo
     assert len(writes) == 48 - stopped and {e.plane for e in writes} == {(1, 0), (1, 1)}
     assert np.array_equal(np.asarray(resumed.labels), full)
     assert open_output(out)["attrs"]["complete"]
+
+
+def test_sigkill_in_a_plane_then_resume_equals_uninterrupted(make_model, tmp_path):
+    """A TZYX predict killed (SIGKILL) in its second plane resumes there, bit for bit."""
+    ckpt = save_checkpoint(tmp_path / "m.pt", make_model(), subdomain_size=SUB)
+    np.save(tmp_path / "movie.npy", _planes((2, 2, 64, 96)))   # 4 x 6 subdomains per plane
+    args = [str(ckpt), str(tmp_path / "movie.npy"), "--axes", "TZYX", "--float64", "--logits", "--schedule",
+            "recompute", "--quiet", "--devices", "cpu"]
+    out = tmp_path / "killed.zarr"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "napari_ddunet.cli", "predict", args[0], args[1], str(out),
+                                *args[2:]], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        # one chunk file per finished subdomain: counting files is a cheap look at the progress record
+        done = sum(not n.endswith(".partial") for _, _, names in os.walk(out / "_work" / "done" / "c") for n in names)
+        if done >= 30:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done = np.asarray(open_output(out)["done"], dtype=bool)
+    assert done[0, 0].all() and 30 <= done.sum() < 4 * 24
+    assert main(["predict", args[0], args[1], str(out), *args[2:], "--resume"]) == 0
+    whole = tmp_path / "whole.zarr"
+    assert main(["predict", args[0], args[1], str(whole), *args[2:]]) == 0
+    resumed, reference = open_output(out), open_output(whole)
+    assert resumed["attrs"]["complete"] is True
+    for name in ("labels", "logits"):
+        assert np.array_equal(np.asarray(resumed[name]), np.asarray(reference[name])), name
 
 
 def test_planes_choose_what_runs(make_model):
