@@ -40,6 +40,9 @@ WORKER = textwrap.dedent(
                          dtype=torch.float64, logits=True, features=True, schedule=schedule,
                          devices=["cpu"], distributed=context, return_result=True)
         assert result.schedule == schedule, result.schedule
+    # a (Z, Y, X) stack: every rank runs every plane, each plane's halo swap collective
+    segment(np.stack([img, -img]), model, axes="ZYX", subdomain_size=(16, 24), output=f"{root}/stack.zarr",
+            dtype=torch.float64, logits=True, schedule="wavefront", devices=["cpu"], distributed=context)
     torch.distributed.destroy_process_group()
     """
 )
@@ -68,6 +71,10 @@ def test_two_process_torchrun_equals_monolithic(tmp_path):
         np.testing.assert_allclose(stored["logits"][...], ref["logits"], rtol=0, atol=1e-10)
         np.testing.assert_allclose(stored["communicated"][...], ref["communicated"], rtol=0, atol=1e-10)
         np.testing.assert_array_equal(stored["labels"][...], ref["logits"].argmax(0))
+    stack = open_output(tmp_path / "stack.zarr")
+    assert stack["attrs"]["complete"] is True
+    np.testing.assert_allclose(stack["logits"][0], ref["logits"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(stack["logits"][1], reference(model, -img)["logits"], rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize(("rows", "world", "k"), [(5, 2, 2), (5, 3, 2), (7, 4, 1), (3, 4, 2), (10, 3, 0)])
