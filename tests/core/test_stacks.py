@@ -214,6 +214,25 @@ def test_sigkill_in_a_plane_then_resume_equals_uninterrupted(make_model, tmp_pat
         assert np.array_equal(np.asarray(resumed[name]), np.asarray(reference[name])), name
 
 
+class _Recorded:
+    """An array that records which plane (its first index) every read is of."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+        self.reads: list[int] = []
+
+    def __getitem__(self, key):
+        self.reads.append(int(key[0]))
+        return self.data[key]
+
+
+def test_one_plane_in_flight_at_a_time(make_model):
+    """Memory is one plane's: every read of a plane comes after the last read of the plane before."""
+    stack = _Recorded((_planes((3, 64, 64)) * 1000).astype(np.uint16))
+    segment(stack, make_model(), axes="ZYX", schedule="wavefront", **F64)
+    assert stack.reads == sorted(stack.reads) and set(stack.reads) == {0, 1, 2}
+
+
 def test_planes_choose_what_runs(make_model):
     """``planes`` computes only those planes (the widget's "current plane"); the others stay 0."""
     model = make_model()
