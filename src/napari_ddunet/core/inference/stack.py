@@ -143,14 +143,13 @@ class Stack:
         levels = [PlaneView(level, fixed) for level in self.opened.levels
                   if tuple(int(level.shape[i]) for i in self.positions) == lead]
         keep = [i for i in range(self.opened.array.ndim) if i not in fixed]
-        changes: dict[str, Any] = {"levels": levels, "axes": [self.opened.axes[i] for i in keep],
-                                   "description": f"{self.opened.description} ({self.label(index)})"}
-        for field in dataclasses.fields(self.opened):
-            value = getattr(self.opened, field.name)
-            # per-axis metadata (pixel size, units, offset) loses the leading axes
-            if field.name not in changes and isinstance(value, tuple | list) and len(value) == len(fixed) + len(keep):
-                changes[field.name] = type(value)(value[i] for i in keep)
-        return dataclasses.replace(self.opened, **changes)
+        scale = self.opened.scale
+        # the calibration names its axes, so it stays whole; the positional scale loses the leading axes
+        return dataclasses.replace(
+            self.opened, levels=levels, axes=[self.opened.axes[i] for i in keep],
+            scale=None if scale is None or len(scale) != self.opened.array.ndim else tuple(scale[i] for i in keep),
+            description=f"{self.opened.description} ({self.label(index)})",
+        )
 
 
 def open_stack(image: Any, axes: str | None = None) -> tuple[OpenedImage, Stack | None]:
