@@ -40,11 +40,13 @@ class PlaneView:
     def __init__(self, base: Any, fixed: dict[int, int]) -> None:
         self.base = base
         self.fixed = dict(fixed)
+        self.base_ndim = len(base.shape)
         self.shape = tuple(int(s) for i, s in enumerate(base.shape) if i not in self.fixed)
         self.dtype = np.dtype(base.dtype)
         self.ndim = len(self.shape)
         chunks = getattr(base, "chunks", None)
-        regular = isinstance(chunks, tuple) and len(chunks) == base.ndim and all(isinstance(c, int) for c in chunks)
+        regular = (isinstance(chunks, tuple) and len(chunks) == self.base_ndim
+                   and all(isinstance(c, int) for c in chunks))
         self.chunks = tuple(c for i, c in enumerate(chunks) if i not in self.fixed) if regular else None
 
     def _key(self, key: Any) -> tuple:
@@ -54,7 +56,7 @@ class PlaneView:
             i = ellipsis[0]
             key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
         rest = iter(key + (slice(None),) * (self.ndim - len(key)))
-        return tuple(self.fixed[axis] if axis in self.fixed else next(rest) for axis in range(self.base.ndim))
+        return tuple(self.fixed[axis] if axis in self.fixed else next(rest) for axis in range(self.base_ndim))
 
     def __getitem__(self, key: Any) -> Any:
         return self.base[self._key(key)]
