@@ -101,6 +101,46 @@ def test_ctrl_c_cancels_with_130_and_the_store_resumes(files, tmp_path):
                                   segment(files["image"], files["model"], subdomain_size=(16, 16)))
 
 
+def _unsampled_chunk(shape: tuple[int, int], side: int) -> tuple[int, int]:
+    """A chunk that the checks before the run (the resume fingerprint's sample blocks, the decode check's
+    first, middle and last pixels) never read, so that only the run itself meets it."""
+    from napari_ddunet.core.inference.fingerprint import sample_blocks
+
+    read = np.zeros(shape, dtype=bool)
+    for y0, y1, x0, x1 in sample_blocks(shape):
+        read[y0:y1, x0:x1] = True
+    for y, x in ((0, 0), (shape[0] // 2, shape[1] // 2), (shape[0] - 1, shape[1] - 1)):
+        read[y, x] = True
+    free = [(r, c) for r in range(shape[0] // side) for c in range(shape[1] // side)
+            if not read[r * side:(r + 1) * side, c * side:(c + 1) * side].any()]
+    assert free, "every chunk is sampled before the run"
+    return free[0]
+
+
+def test_an_unreadable_input_chunk_exits_3_with_one_line(files, tmp_path, capsys):
+    """A truncated chunk that no check before the run reads fails during the run: one line, exit 3, the
+    store resumable; in a float image the NaN scan meets it before anything is written: bad input, exit 2."""
+    import zarr
+
+    for dtype in ("u2", "f8"):
+        source = tmp_path / f"{dtype}.zarr"
+        array = zarr.create_array(str(source), shape=(256, 256), chunks=(16, 16), dtype=dtype)
+        array[...] = np.arange(256 * 256).reshape(256, 256) % 1000
+        chunk = source / "c" / "/".join(str(i) for i in _unsampled_chunk((256, 256), 16))
+        chunk.write_bytes(chunk.read_bytes()[:20])
+        out = tmp_path / f"{dtype}-out.zarr"
+        code = main(["predict", str(files["ckpt"]), str(source), str(out), "--subdomain-size", "32", "32",
+                     "--quiet", "--devices", "cpu"])
+        err = capsys.readouterr().err.strip().splitlines()
+        errors = [line for line in err if line.startswith("napari-ddunet predict:")]
+        assert code == (EXIT_IO_FAULT if dtype == "u2" else EXIT_USAGE) and errors == err[-1:], err
+        assert f"cannot read {source} at y=" in errors[0] and "Traceback" not in "".join(err)
+        if dtype == "u2":
+            assert "--resume" in errors[0] and open_output(out)["attrs"]["complete"] is False
+        else:
+            assert not out.exists() and "--resume" not in errors[0]
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -29,6 +29,7 @@ import numpy as np
 
 from napari_ddunet.core.errors import RunIOError
 from napari_ddunet.core.inference.sink import OutputError
+from napari_ddunet.core.io.images import InputReadError
 
 #: The entries of a napari-ddunet output store; an overwrite refuses a store holding anything else.
 OWN_ENTRIES = frozenset({"zarr.json", "labels", "probabilities", "logits", "bottleneck", "communicated", "_work"})
@@ -306,8 +307,9 @@ def _take(path: Path, *, overwrite: bool, resume: bool, reads: Iterable[Path]) -
 @contextmanager
 def claim_output(request: Any) -> Iterator[None]:
     """Hold the lock of ``request``'s output store for the ``with`` block (rank 0 for all ranks under
-    torchrun: it alone creates the store, the others attach to it and never wait on each other); an OSError
-    in the block becomes a :class:`~napari_ddunet.core.errors.RunIOError` naming resume."""
+    torchrun: it alone creates the store, the others attach to it and never wait on each other). An OSError
+    in the block, or an unreadable input once the store exists, becomes a
+    :class:`~napari_ddunet.core.errors.RunIOError` (exit 3) naming resume."""
     policy = request.output
     if policy.path is None:
         yield
@@ -327,10 +329,16 @@ def claim_output(request: Any) -> Iterator[None]:
         raise error
     try:
         yield
-    except OSError as fault:   # a full disk, a file too large, a chunk that cannot be read: not a bad request
-        where = f" ({fault.filename})" if fault.filename else ""
-        raise RunIOError(f"I/O error: {fault.strerror or fault}{where}; {policy.path} is resumable: fix the cause, "
-                         "then rerun with --resume (resume=True)") from fault
+    except (OSError, InputReadError) as fault:   # a full disk, a file too large, an input chunk that fails
+        stored = policy.path.exists()
+        if isinstance(fault, InputReadError) and not stored:
+            raise   # bad input found before anything was written
+        what = str(fault) if isinstance(fault, InputReadError) else (
+            f"I/O error: {fault.strerror or fault}" + (f" ({fault.filename})" if fault.filename else ""))
+        if not stored:
+            raise RunIOError(what) from fault
+        raise RunIOError(f"{what}; {policy.path} is resumable: fix the cause, then rerun with --resume "
+                         "(resume=True)") from fault
     finally:
         if lock is not None:
             lock.release()

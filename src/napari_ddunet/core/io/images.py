@@ -25,6 +25,11 @@ class InputError(DDUNetError):
     """An input image that cannot be segmented as given; the message says why and what would work."""
 
 
+class InputReadError(InputError):
+    """Pixels of the input that cannot be read (a truncated chunk, a failing codec): bad input before the
+    run's store exists, an I/O fault (:class:`~napari_ddunet.core.errors.RunIOError`, exit 3) once it does."""
+
+
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: Band names a mismatch line lists at most (a hyperspectral cube has hundreds).
 MAX_NAMED = 16
@@ -221,15 +226,19 @@ class ImageSource:
 
     def _get(self, bands: slice, rows: slice, cols: slice) -> np.ndarray:
         """The stored bands ``bands`` of a rectangle as (C, h, w), read from the array as stored."""
-        if self.channel_axis is None:
-            block = self.array[rows, cols]
-        elif self.channel_axis == 0:
-            block = self.array[bands, rows, cols]
-        else:
-            block = self.array[rows, cols, bands]
-        if _is_dask(block):
-            block = block.compute()
-        block = np.asarray(block)
+        try:
+            if self.channel_axis is None:
+                block = self.array[rows, cols]
+            elif self.channel_axis == 0:
+                block = self.array[bands, rows, cols]
+            else:
+                block = self.array[rows, cols, bands]
+            if _is_dask(block):
+                block = block.compute()
+            block = np.asarray(block)
+        except Exception as error:   # a truncated or missing chunk, a codec that fails, a file gone
+            raise InputReadError(f"cannot read {self.description} at y={rows.start}..{rows.stop}, "
+                                 f"x={cols.start}..{cols.stop}: {_first_line(error)}") from error
         if self.channel_axis is None:
             return block[None]
         return np.moveaxis(block, 2, 0) if self.channel_axis == 2 else block
@@ -413,7 +422,8 @@ def check_readable(source: ImageSource, box: tuple[int, int, int, int] | None = 
         try:
             source.read(y, y + 1, x, x + 1)
         except Exception as error:
-            raise InputError(f"cannot decode {source.description} at (y={y}, x={x}): {_first_line(error)}") from None
+            cause = error.__cause__ if isinstance(error, InputReadError) and error.__cause__ else error
+            raise InputError(f"cannot decode {source.description} at (y={y}, x={x}): {_first_line(cause)}") from None
 
 
 def check_finite(source: ImageSource, box: tuple[int, int, int, int] | None = None) -> None:
