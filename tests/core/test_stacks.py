@@ -272,6 +272,11 @@ def test_bad_stack_requests_are_one_line_before_any_output(make_model, tmp_path,
     assert not out.exists()
 
 
+def test_four_d_without_axes_says_how_to_name_them(make_model):
+    with pytest.raises(DDUNetError, match=r"dimensionality.*--axes TZYX or ZCYX"):
+        next(segment_iter(_planes((2, 3, 32, 32)), make_model(), **F64))
+
+
 def test_ambiguous_three_d_without_axes_keeps_the_channel_rule(make_model):
     """(3, H, W) into a 3-band model is still CYX, not a stack."""
     model = make_model(in_channels=3)
