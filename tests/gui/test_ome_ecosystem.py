@@ -81,3 +81,20 @@ def test_napari_writer_keeps_the_layers_placement(make_napari_viewer, tmp_path):
     assert calibration.units == ("micrometer", "micrometer")
     [reopened] = viewer.open(written, plugin="napari-ddunet")
     np.testing.assert_allclose(_extent(reopened), _extent(layer))
+
+
+def test_widget_segments_a_png_opened_in_napari(widget, qtbot, checkpoint_factory, realdata_aerial_rgb, tmp_path):
+    from PIL import Image
+
+    aerial = tifffile.imread(realdata_aerial_rgb)[:96, :128]
+    Image.fromarray(aerial).save(tmp_path / "aerial.png")
+    [layer] = widget.viewer.open(str(tmp_path / "aerial.png"))   # napari's own PNG reader
+    checkpoint = checkpoint_factory("rgb.pt", in_channels=3)
+    assert widget.load_checkpoint(checkpoint)
+    widget.form.devices.value = ["cpu"]
+    widget.form.image.value = layer
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.controller.running, timeout=TIMEOUT)
+    labels = widget.viewer.layers[f"{layer.name} DDU-Net labels"]
+    expected = segment(str(tmp_path / "aerial.png"), str(checkpoint), subdomain_size=(32, 32))
+    np.testing.assert_array_equal(np.asarray(labels.data), expected)
