@@ -280,13 +280,15 @@ def _load_sources(pairs: list[tuple[Path, Path]], channels: Sequence[int] | None
     return sources
 
 
-def _mask_max(source: Source) -> int:
-    mask = source.mask
+def _mask_range(mask) -> tuple[int, int]:
+    """Smallest and largest label of a mask (one pass over a zarr mask)."""
     if isinstance(mask, np.ndarray):
-        return int(mask.max())
+        return int(mask.min()), int(mask.max())
     import dask.array as da
 
-    return int(da.from_zarr(mask).max().compute())
+    array = da.from_zarr(mask)
+    low, high = da.compute(array.min(), array.max())
+    return int(low), int(high)
 
 
 def _statistics(sources: list[Source], max_pixels: int = 4_000_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -349,11 +351,16 @@ def pairs_task(
     if len(counts) != 1:
         raise DatasetError(f"{root}: images have different band counts {sorted(counts)}; choose the same bands "
                            "of each with --channels")
-    found = max(_mask_max(src) for group in sources.values() for src in group) + 1
+    ranges = {path: _mask_range(src.mask) for s in split for (_, path), src in zip(split[s], sources[s], strict=True)}
+    lowest = min(ranges, key=lambda path: ranges[path][0])
+    if ranges[lowest][0] < 0:
+        raise DatasetError(f"{lowest}: mask holds label {ranges[lowest][0]}; class labels are 0, 1, 2, ...")
+    highest = max(ranges, key=lambda path: ranges[path][1])
+    found = ranges[highest][1] + 1
     if num_classes is None:
         num_classes = max(found, 2)
     elif found > num_classes:
-        raise DatasetError(f"{root}: masks hold label {found - 1} but --num-classes is {num_classes}")
+        raise DatasetError(f"{highest}: mask holds label {found - 1} but --num-classes is {num_classes}")
     names = tuple(class_names) if class_names else default_class_names(num_classes)
     if len(names) != num_classes:
         raise DatasetError(f"{len(names)} class names for {num_classes} classes")

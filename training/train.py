@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from napari_ddunet.core.checkpoints.format import (
-    load_training_state,
+    CheckpointInfo,
     read_checkpoint_info,
+    read_training_checkpoint,
     save_checkpoint,
     save_training_state,
 )
@@ -39,6 +40,8 @@ from training import datasets, distributed, losses
 from training.metrics import ConfusionMatrix
 
 DATASETS = ("synthetic", "folder", "zarr", "bluemarble")
+#: What a run writes into --output, and all that --overwrite may replace there.
+OUTPUT_FILES = ("best.pt", "last.pt", "metrics.csv", "curves.png", "summary.json")
 
 
 class TrainingError(DDUNetError):
@@ -110,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--output", type=Path, required=True, help="directory for checkpoints, metrics.csv, curves.png")
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier run's files in OUTPUT (only those: " + ", ".join(OUTPUT_FILES)
+                          + "), once the first new epoch is written")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     run.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="parameter precision")
@@ -149,8 +155,24 @@ def check_args(args: argparse.Namespace) -> None:
         raise TrainingError(f"--channels applies to --dataset folder or zarr, not {args.dataset}")
     if args.pretrained is not None and args.encoder != "resnet18":
         raise TrainingError("--pretrained only applies to --encoder resnet18")
-    if args.resume and not (args.output / "last.pt").is_file():
-        raise TrainingError(f"--resume: {args.output / 'last.pt'} does not exist")
+    check_output(args)
+
+
+def check_output(args: argparse.Namespace) -> None:
+    """An earlier run's files are continued (--resume) or replaced (--overwrite), never silently."""
+    out = args.output
+    if args.resume and args.overwrite:
+        raise TrainingError("give --resume (continue the run in --output) or --overwrite (replace it), not both")
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--output {out} is a file, not a folder")
+    if args.resume:
+        if not (out / "last.pt").is_file():
+            raise TrainingError(f"--resume: {out / 'last.pt'} does not exist")
+        return
+    earlier = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if earlier and not args.overwrite:
+        raise TrainingError(f"{out} already holds {', '.join(earlier)} of an earlier run; continue it with --resume "
+                            "or replace it with --overwrite")
 
 
 def build_task(args: argparse.Namespace, grid: tuple[int, int], size: tuple[int, int]) -> datasets.TaskData:
@@ -399,11 +421,15 @@ def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run a whole training; returns the test metrics of the best checkpoint."""
     check_args(args)
+    last = args.output / "last.pt"
+    resumed = read_training_checkpoint(last) if args.resume else None  # a damaged file: one line, before the data
     if args.threads:
         torch.set_num_threads(args.threads)
     grid, size = resolve_geometry(args)
     task = build_task(args, grid, size)
     config = build_config(args, task)
+    if resumed is not None:
+        check_same_model(last, resumed[0], config)
     torch.manual_seed(args.seed)
     trainer = Trainer(args, task, config, grid, size)
     writer = trainer.rank == 0
@@ -413,19 +439,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     training_args = _json_args(args)
     history: list[dict[str, Any]] = []
     best_loss, best_epoch, start = math.inf, -1, 0
-    if args.resume:
-        state_dict, state = load_training_state(out / "last.pt")
-        trainer.model.load_state_dict(state_dict)
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        trainer.scheduler.load_state_dict(state["scheduler"])
-        history = [dict(row) for row in state["history"]]
-        best_loss, best_epoch, start = float(state["best_loss"]), int(state["best_epoch"]), int(state["epoch"]) + 1
-        if state.get("stopped"):
-            start = args.epochs
+    if resumed is not None:
+        history, best_loss, best_epoch, start = restore(trainer, last, *resumed[1:])
     log = (lambda *a: None) if args.quiet or not writer else (lambda *a: print(*a, flush=True))
     log(f"{config.notation} on a {trainer.grid[0]}x{trainer.grid[1]} grid of {trainer.subdomain[0]}x"
         f"{trainer.subdomain[1]} subdomains, {len(task.train)} training samples, {args.epochs} epochs max")
-    stopped = False
+    stopped, earlier = False, args.overwrite
     for epoch in range(start, args.epochs):
         tic = time.perf_counter()
         train_loss = trainer.train_epoch(epoch)
@@ -440,6 +459,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             best_loss, best_epoch = val["loss"], epoch
         stopped = epoch + 1 >= args.min_epochs and epoch - best_epoch >= args.patience
         if writer:
+            if earlier:  # --overwrite: the earlier run's files go only now that this run has an epoch to write
+                for name in OUTPUT_FILES:
+                    (out / name).unlink(missing_ok=True)
+                earlier = False
             if improved:
                 trainer.save(out / "best.pt", {"epoch": epoch + 1, **_prefixed("val", val)}, training_args)
             trainer.save(out / "last.pt", {"epoch": epoch + 1, **_prefixed("val", val)}, training_args, {
@@ -457,6 +480,35 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             log(f"early stop: no better validation loss for {args.patience} epochs")
             break
     return finish(trainer, args, out, training_args, best_epoch, writer, log)
+
+
+def check_same_model(last: Path, info: CheckpointInfo, config: ModelConfig) -> None:
+    """--resume continues the model it was started with: the options must describe the same config."""
+    saved, wanted = info.config.to_dict(), config.to_dict()
+    changed = [key for key in wanted if saved.get(key) != wanted[key]]
+    if changed:
+        def values(config: dict[str, Any]) -> str:
+            return ", ".join(f"{key}={str(config.get(key))[:60]}" for key in changed[:4])
+
+        raise TrainingError(f"--resume: {last} holds {info.config.notation} with {values(saved)}, the options give "
+                            f"{values(wanted)}; resume with its options, or start afresh with --overwrite")
+
+
+def restore(trainer: Trainer, last: Path, state_dict: dict[str, torch.Tensor],
+            state: dict[str, Any]) -> tuple[list[dict[str, Any]], float, int, int]:
+    """Continue from last.pt: weights, optimiser, scheduler, history, and the random stream where it stood."""
+    try:
+        trainer.model.load_state_dict(state_dict)
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        history = [dict(row) for row in state["history"]]
+        best_loss, best_epoch, epoch = float(state["best_loss"]), int(state["best_epoch"]), int(state["epoch"])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+        detail = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        raise TrainingError(f"--resume: {last} holds a damaged training state ({detail})") from None
+    return history, best_loss, best_epoch, trainer.args.epochs if state.get("stopped") else epoch + 1
 
 
 def finish(trainer: Trainer, args, out: Path, training_args, best_epoch: int, writer: bool, log) -> dict[str, Any]:

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.io import normalization as value_ranges
 from napari_ddunet.core.network.config import ConfigError, ModelConfig
 from napari_ddunet.core.network.model import DDUNet
 
@@ -74,27 +76,72 @@ class CheckpointError(DDUNetError):
 
 @dataclass(frozen=True)
 class Normalization:
-    """Global per-channel statistics: the network sees ``(x - mean) / std``."""
+    """Per-channel statistics: the network sees ``(s(x) - mean) / std``, ``s`` the prescale of ``mode``.
+
+    The optional fields record what the model was trained on (core/io/normalization.py): the mode (absent in
+    checkpoints written before modes existed, which are ``global``), the images' dtype, and the training data's
+    p1, p99, min and max per band after the prescale, the space ``mean`` and ``std`` are in.
+    """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    mode: str | None = None
+    dtype: str | None = None
+    p1: tuple[float, ...] | None = None
+    p99: tuple[float, ...] | None = None
+    minimum: tuple[float, ...] | None = None
+    maximum: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.mean) != len(self.std) or not self.mean:
             raise CheckpointError("normalization needs one mean and one std per channel")
-        for name, values in (("mean", self.mean), ("std", self.std)):
+        for name, values in (("mean", self.mean), ("std", self.std), *_range_fields(self)):
+            if len(values) != len(self.mean):
+                raise CheckpointError(f"normalization {name} has {len(values)} values for {len(self.mean)} channels")
             bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
             if bad is not None:
                 raise CheckpointError(f"normalization {name}[{bad}] is {values[bad]}, it must be a finite number")
         if any(s <= 0 for s in self.std):
             raise CheckpointError("normalization std must be positive")
+        if self.mode is not None and self.mode not in value_ranges.MODES:
+            raise CheckpointError(f"normalization mode {str(self.mode)[:40]!r} is not one of "
+                                  f"{', '.join(value_ranges.MODES)}")
+        if self.dtype is not None:
+            try:
+                kind = np.dtype(self.dtype).kind
+            except TypeError:
+                kind = ""
+            if kind not in "buif" or not kind:
+                raise CheckpointError(f"normalization dtype {str(self.dtype)[:40]!r} is not a numeric dtype")
 
-    def to_dict(self) -> dict[str, list[float]]:
-        return {"mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std]}
+    def to_dict(self) -> dict[str, Any]:
+        """The stored record; only the fields that are set, so a checkpoint without a mode writes what it read."""
+        record: dict[str, Any] = {"mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std]}
+        if self.mode is not None:
+            record["mode"] = self.mode
+        if self.dtype is not None:
+            record["dtype"] = self.dtype
+        for name, values in _range_fields(self):
+            record[name] = [float(v) for v in values]
+        return record
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Normalization:
-        return cls(tuple(float(m) for m in values["mean"]), tuple(float(s) for s in values["std"]))
+        def floats(key: str) -> tuple[float, ...] | None:
+            return None if values.get(key) is None else tuple(float(v) for v in values[key])
+
+        mode, dtype = values.get("mode"), values.get("dtype")
+        for name, value in (("mode", mode), ("dtype", dtype)):
+            if value is not None and not isinstance(value, str):
+                raise CheckpointError(f"normalization {name} must be a string")
+        return cls(tuple(float(m) for m in values["mean"]), tuple(float(s) for s in values["std"]), mode, dtype,
+                   floats("p1"), floats("p99"), floats("min"), floats("max"))
+
+
+def _range_fields(norm: Normalization) -> list[tuple[str, tuple[float, ...]]]:
+    """The recorded value-range fields that are set, by their stored names."""
+    pairs = (("p1", norm.p1), ("p99", norm.p99), ("min", norm.minimum), ("max", norm.maximum))
+    return [(name, values) for name, values in pairs if values is not None]
 
 
 @dataclass(frozen=True)
@@ -188,13 +235,19 @@ def save_training_state(path: str | Path, model: DDUNet, state: dict[str, Any], 
 
 def load_training_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """State dict and training state of a checkpoint written by :func:`save_training_state`."""
+    _, state_dict, state = read_training_checkpoint(path)
+    return state_dict, state
+
+
+def read_training_checkpoint(path: str | Path) -> tuple[CheckpointInfo, dict[str, torch.Tensor], dict[str, Any]]:
+    """Metadata, state dict and training state of ``last.pt``, read once (``--resume`` compares the config)."""
     path = Path(path)
     payload = _read_payload(path)
-    _, state_dict = _checkpoint_info(path, payload)
+    info, state_dict = _checkpoint_info(path, payload)
     state = payload.get(TRAINING_STATE_KEY)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds no training state to resume from")
-    return state_dict, state
+    return info, state_dict, state
 
 
 def replace_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
