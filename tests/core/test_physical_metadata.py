@@ -124,6 +124,8 @@ def test_ome_tiff_and_imagej_tiff_calibration(tmp_path, fluorescence, checkpoint
     imagej = open_image(tmp_path / "ij.tif").calibration
     np.testing.assert_allclose(imagej.scale, (0.325, 0.325))
     assert imagej.units == ("micrometer", "micrometer")
+    tifffile.imwrite(tmp_path / "ij1.tif", fluorescence, imagej=True, resolution=(1, 1), metadata={"unit": "um"})
+    assert open_image(tmp_path / "ij1.tif").calibration.units == ("micrometer", "micrometer")  # 1 um/px is one
     # dots per inch of a scan are no pixel size
     assert open_image(tmp_path / "scan.tif").calibration is None
     out = tmp_path / "out.zarr"

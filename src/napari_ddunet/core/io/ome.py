@@ -273,12 +273,12 @@ def _imagej_calibration(tif: Any, axes: Sequence[str]) -> Calibration | None:
     unit = unit_name(meta.get("unit"))
     page = tif.pages[0]
     x, y = _resolution(page, "XResolution"), _resolution(page, "YResolution")
-    if unit is None or x is None or y is None or (x == 1 and y == 1):
+    if unit is None or x is None or y is None:  # ImageJ writes unit "pixel" (no unit) when uncalibrated
         return None
     scale = {"x": 1.0 / x, "y": 1.0 / y}
     if meta.get("spacing"):
         scale["z"] = float(meta["spacing"])
-    origin = {"x": -float(meta.get("xorigin", 0.0)) * scale["x"], "y": -float(meta.get("yorigin", 0.0)) * scale["y"]}
+    origin = {axis: 0.0 - float(meta.get(f"{axis}origin", 0.0)) * scale[axis] for axis in ("x", "y")}
     return Calibration(tuple(axes), tuple(scale.get(a, 1.0) for a in axes), tuple(origin.get(a, 0.0) for a in axes),
                        tuple(unit if a in scale else None for a in axes))
 
