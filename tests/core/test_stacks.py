@@ -25,7 +25,7 @@ from napari_ddunet.cli import main
 from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.inference.engine import segment_iter
 from napari_ddunet.core.inference.sink import open_output
-from napari_ddunet.core.inference.stack import PlaneView, open_stack, parse_axes
+from napari_ddunet.core.inference.stack import PlaneView, layer_axes, open_stack, parse_axes
 
 SUB = (16, 16)
 F64 = {"subdomain_size": SUB, "dtype": torch.float64}
@@ -298,3 +298,19 @@ def test_axes_parse_and_file_axes():
     _, stack = open_stack(np.zeros((3, 2, 8, 8)), "ZCYX")
     assert stack.names == ("z",) and stack.shape == (3,) and stack.channel_axis(1) == 0
     assert open_stack(np.zeros((8, 8)))[1] is None
+
+
+def test_layer_axes_name_a_napari_layers_planes():
+    """Sliders are planes: Z for one, T and Z for two, the layer's own t/z labels where it has them."""
+    assert layer_axes((5, 64, 64), None) == "ZYX"
+    assert layer_axes((2, 5, 64, 64), None) == "TZYX"
+    assert layer_axes((2, 3, 5, 64, 64), 1) == "TCZYX"
+    assert layer_axes((5, 64, 64), None, ("t", "y", "x")) == "TYX"
+    assert layer_axes((64, 64), None) is None and layer_axes((1, 64, 64, 3), 3) is None
+    with pytest.raises(DDUNetError, match="at most two"):
+        layer_axes((2, 2, 2, 64, 64), None)
+
+
+def test_planes_of_a_two_d_image_are_refused(make_model):
+    with pytest.raises(DDUNetError, match="planes= chooses planes of a stack"):
+        next(segment_iter(_planes((1, 32, 32))[0], make_model(), planes=[0], **F64))
