@@ -50,6 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="name the input's axes, one letter each from T, C, Z, Y, X (e.g. ZYX, TZYX, TCZYX), "
                              "for a file that does not record them (.npy, plain zarr); a stack's t/z planes are "
                              "segmented one by one into labels with the same leading axes")
+    parser.add_argument("--planes", nargs="+", type=_plane, default=None, metavar="PLANE",
+                        help="segment only these planes of a stack: z (or t) indices, or t,z pairs for a TZ stack "
+                             "(e.g. --planes 0 5 9, --planes 1,3); the others stay 0 (default: every plane)")
     parser.add_argument("--no-communication", action="store_true",
                         help="switch the exchange off (C=N behaviour with the same weights)")
     parser.add_argument("--float64", action="store_true", help="compute in float64 (slow; for exactness checks)")
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         probabilities=args.probabilities, logits=args.logits, channel_axis=args.channel_axis, channels=args.channels,
         communicate=False if args.no_communication else None, resume=args.resume, overwrite=args.overwrite,
         dtype=torch.float64 if args.float64 else torch.float32, schedule=args.schedule, distributed=context,
-        axes=args.axes, cancel=cancel,
+        axes=args.axes, planes=args.planes, cancel=cancel,
     )
     rank = "" if context is None else f"[rank {context.rank}/{context.world}] "
     bar = _ProgressBar(rank, args.quiet)
@@ -119,6 +122,14 @@ def run(args: argparse.Namespace) -> int:
                                  stored["attrs"].get("class_colors"))
             print(f"wrote {export.tiff} (GeoTIFF, georeferenced as {args.input})", file=sys.stderr)
     return 0
+
+
+def _plane(text: str) -> tuple[int, ...]:
+    """A --planes entry: "5" (a Z or T stack) or "1,3" (t, z)."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a plane: give an index (5) or t,z (1,3)") from None
 
 
 class _ProgressBar:
