@@ -137,10 +137,15 @@ def test_geotiff_in_geotiff_out(tmp_path, aerial, rgb_checkpoint, realdata_aeria
     assert out.read_bytes() == before
 
 
-def test_geotiff_output_needs_a_georeferenced_input(tmp_path, aerial, rgb_checkpoint, capsys):
+def test_geotiff_output_needs_a_georeferenced_2d_input(tmp_path, aerial, rgb_checkpoint, capsys, realdata_aerial_rgb):
     tifffile.imwrite(tmp_path / "plain.tif", aerial, photometric="rgb")
     _refused(capsys, ["predict", str(rgb_checkpoint), str(tmp_path / "plain.tif"), str(tmp_path / "o.tif"),
                       "--quiet"], "no GeoTIFF georeferencing")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.tif"]
+    reference = geotiff.read_georeference(realdata_aerial_rgb)
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([aerial[..., 0]] * 2), extratags=reference.extratags())
+    _refused(capsys, ["predict", str(rgb_checkpoint), str(tmp_path / "stack.tif"), str(tmp_path / "s.tif"),
+                      "--quiet"], "stack of 2 planes")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.tif", "stack.tif"]
     with pytest.raises(InputError):
         open_image(tmp_path / "missing.png")

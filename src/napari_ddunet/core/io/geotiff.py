@@ -106,6 +106,10 @@ def plan_export(image: Any, output: str | Path, *, overwrite: bool) -> GeoTIFFEx
     if georeference is None:
         raise GeoTIFFError(f"{image} has no GeoTIFF georeferencing (ModelPixelScale/ModelTiepoint or "
                            "ModelTransformation tags); write a zarr store instead")
+    planes = _planes(Path(image))
+    if planes > 1:
+        raise GeoTIFFError(f"{image} is a stack of {planes} planes; a GeoTIFF output holds one 2D labels image, "
+                           "write a zarr store instead")
     if tiff.resolve() == Path(image).resolve():
         raise GeoTIFFError(f"the GeoTIFF output {tiff} is the input; choose another output")
     if tiff.exists() and not overwrite:
@@ -113,6 +117,16 @@ def plan_export(image: Any, output: str | Path, *, overwrite: bool) -> GeoTIFFEx
     if tiff.exists() and not tiff.is_file():
         raise GeoTIFFError(f"output {tiff} exists and is not a file; refusing to replace it")
     return GeoTIFFExport(store, tiff, georeference)
+
+
+def _planes(path: Path) -> int:
+    """How many 2D planes (t, z and other non-band axes) the first series of a TIFF holds."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        return int(np.prod([size for axis, size in zip(series.axes, series.shape, strict=True)
+                            if axis not in "YXCS"], dtype=np.int64))
 
 
 def _compression() -> str:
