@@ -179,7 +179,8 @@ def plane_indices(stack: Stack, planes: Sequence[int | Sequence[int]] | None) ->
         inside = len(index) == len(stack.shape) and all(
             isinstance(i, int | np.integer) and 0 <= i < n for i, n in zip(index, stack.shape, strict=False))
         if not inside:
-            raise InputError(f"plane {plane!r} is not in the stack: its {''.join(stack.names).upper()} axes have "
+            shown = ",".join(str(i) for i in index)
+            raise InputError(f"plane {shown} is not in the stack: its {''.join(stack.names).upper()} axes have "
                              f"{' x '.join(map(str, stack.shape))} planes")
         chosen.append(tuple(int(i) for i in index))
     if not chosen:
