@@ -170,6 +170,22 @@ def test_a_stack_whose_last_plane_differs_is_refused(tmp_path):
         segment(other, model, resume=True, **kwargs)
 
 
+def test_a_lost_chunk_of_one_plane_of_a_stack_is_recomputed(tmp_path):
+    model = tiny_model()
+    stack = np.stack([image(seed=s) for s in range(2)])
+    out = tmp_path / "stack.zarr"
+    kwargs = {"axes": "ZYX", "subdomain_size": SUB, "dtype": torch.float64, "output": out}
+    whole = np.asarray(segment(stack, model, **kwargs)[...])
+    for name in ("labels/0", "_work/bottleneck"):
+        (out / name / "c" / "1" / ("0/" if name == "_work/bottleneck" else "") / "2" / "3").unlink()
+    events = []
+    labels = segment(stack, model, resume=True, progress=events.append, **kwargs)
+    assert "resume: 1 subdomains marked done have missing or unreadable chunks (labels/0)" in events[0].message
+    assert "1 stored bottlenecks are missing" in events[0].message
+    assert [e.plane for e in events if e.phase == "write"] == [(1,)]
+    np.testing.assert_array_equal(np.asarray(labels[...]), whole)
+
+
 def test_fingerprint_samples_blocks_spread_over_the_image():
     blocks = sample_blocks((75, 161))
     assert len(blocks) == 16

@@ -62,7 +62,7 @@ def input_fingerprint(sources: list[ImageSource]) -> dict[str, Any]:
     return {
         "shape": [int(s) for s in source.array.shape],
         "dtype": str(source.dtype),
-        "channel_axis": source.channel_axis,
+        "channel_axis": None if source.channel_axis is None else int(source.channel_axis),
         "channels": int(source.channels),
         "blocks": blocks,
         "digests": block_digests(sources, blocks),
