@@ -16,6 +16,7 @@ from napari_ddunet.core.checkpoints.format import CheckpointInfo, Normalization
 from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.inference.engine import ProgressEvent, segment, segment_iter
 from napari_ddunet.core.inference.grid import pad_to_grid, plan_grid
+from napari_ddunet.core.inference.schedule import RUNTIME
 from napari_ddunet.core.inference.sink import open_output
 from napari_ddunet.core.io.ome import downsample_mode
 
@@ -102,8 +103,9 @@ def test_streaming_without_communication(model, tmp_path):
 def test_budget_picks_schedule(model):
     small = run(image(), model, memory_budget="1GB")
     assert small.schedule == "monolithic"
-    assert run(image(), model, memory_budget=500_000).schedule == "wavefront"
-    tight = run(image(), model, memory_budget=200_000, features=True)
+    # budgets above what the run's threads cost whatever the image (schedule.RUNTIME)
+    assert run(image(), model, memory_budget=RUNTIME + 500_000).schedule == "wavefront"
+    tight = run(image(), model, memory_budget=RUNTIME + 200_000, features=True)
     assert tight.schedule == "recompute"
     assert_exact(tight, reference(model, image()))
 

@@ -74,7 +74,7 @@ def test_cancel_stops_a_run(widget, qtbot, checkpoint):
     _ready(widget, checkpoint, image)
     widget.form.features.value = False
     widget.form.subdomain_size.value = (32, 32)  # 1024 subdomains
-    widget.form.memory_budget_mb.value = 1  # a small budget: the engine works row by row and checks Cancel often
+    widget.form.memory_budget_mb.value = 64  # a small budget: the engine works row by row and checks Cancel often
     events = []
 
     def on_event(event):
@@ -155,7 +155,7 @@ def test_closing_the_widget_cancels_its_run(make_napari_viewer, qtbot, checkpoin
     widget = DDUNetWidget(viewer)
     _ready(widget, checkpoint, np.random.default_rng(6).random((1024, 1024)).astype(np.float32))
     widget.form.subdomain_size.value = (32, 32)
-    widget.form.memory_budget_mb.value = 1
+    widget.form.memory_budget_mb.value = 64   # small: row by row (1 MiB is below what any run needs)
     widget.form.features.value = False
     returned = []
     widget.run()

@@ -46,6 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="instead: the dock widget's run time over a headless run of the same request, the Run "
                              "click's latency and the event loop's gaps, on the Blue Marble sample with its bundled "
                              "model (--quick: a 512 x 1024 crop; needs a display)")
+    parser.add_argument("--budget", action="store_true",
+                        help="instead: peak memory above the import baseline against --memory-budget, 64 MB to 2 GB, "
+                             "2048^2 to 32768^2 and a 512 x 131072 strip, one process per case (--quick: three "
+                             "small cases)")
     parser.set_defaults(run=run)
 
 
@@ -93,6 +97,14 @@ def _spec(name: str, kind: str, size: int, devices: tuple[str, ...], **kw: Any):
     return Spec(f"{name} {tag}", kind, size, devices=devices, **kw)
 
 
+#: A forced schedule refuses a budget it does not fit; the contenders get what they need (--budget measures the bound).
+FORCED_BUDGET = "1TB"
+
+
+def _forced(schedule: str | None) -> dict[str, Any]:
+    return {"schedule": schedule, "memory_budget": FORCED_BUDGET} if schedule else {}
+
+
 def build_specs(args: argparse.Namespace, sizes: list[int], device_types: list[str], threads: int) -> list:
     """Every contender at ``--size``; the engine's default, wavefront and recompute at the other ``--sizes``."""
     specs = []
@@ -109,7 +121,7 @@ def build_specs(args: argparse.Namespace, sizes: list[int], device_types: list[s
                 specs.append(_spec("monolithic", "monolithic", size, one, dtype="bf16", **common))
         for schedule in schedules:
             label = f"engine[{schedule or 'auto'}]"
-            options: dict[str, Any] = {"schedule": schedule} if schedule else {}
+            options: dict[str, Any] = _forced(schedule)
             if schedule == "streaming":
                 # streaming has no exchange: it runs the C=N variant of the same weights (not exact)
                 label, options["communicate"] = "engine[streaming, no exchange]", False
@@ -125,7 +137,7 @@ def build_specs(args: argparse.Namespace, sizes: list[int], device_types: list[s
         for other in sizes:
             for schedule in scaled if other != size else []:
                 if schedule is None or schedule in schedules:
-                    options = {"schedule": schedule} if schedule else {}
+                    options = _forced(schedule)
                     specs.append(_spec(f"engine[{schedule or 'auto'}]", "engine", other, one, options=options,
                                        **common))
     return specs
@@ -150,11 +162,39 @@ def run_gui(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_budget(args: argparse.Namespace) -> int:
+    """``--budget``: the memory bound measured (see napari_ddunet.bench.budget)."""
+    from napari_ddunet.bench import budget
+    from napari_ddunet.bench.report import machine_info
+    from napari_ddunet.bench.runners import default_threads
+
+    if args.threads is not None and args.threads < 1:
+        raise BenchError(f"--threads must be at least 1, got {args.threads}")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ddunet-budget-"))
+    started = time.perf_counter()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        machine = machine_info(args.threads or default_threads())
+        results = budget.run_table(workdir, args.quick, args.threads, args.timeout, log=sys.stderr)
+        if args.json:
+            print(json.dumps({"machine": machine, "results": [r.to_dict() for r in results],
+                              "seconds_total": time.perf_counter() - started}, indent=1, default=str))
+        else:
+            print(budget.format_table(results, machine))
+            print(f"total bench time: {time.perf_counter() - started:.0f} s")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     if args.gui:
         return run_gui(args)
+    if args.budget:
+        return run_budget(args)
 
     from napari_ddunet.bench.flops import count_flops
     from napari_ddunet.bench.report import evaluate, format_report, machine_info

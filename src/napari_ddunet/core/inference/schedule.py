@@ -36,6 +36,10 @@ SCHEDULES = ("monolithic", "wavefront", "recompute", "streaming")
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 #: Most columns the communication network runs on at once (more only costs memory: its cost is per pixel).
 COMM_COLS = 16
+#: What the run's threads cost whatever the image: torch's kernels set up on the device thread and its OpenMP
+#: team, the zarr codecs of the readers and writers, their allocator arenas (bench --budget: 40-50 MB in a
+#: fresh process on CPU, docs/benchmarks.md "Memory budget").
+RUNTIME = 48 * 1000**2
 #: Most subdomains read ahead per device job slot, and most waiting for the writer per writer thread.
 READ_AHEAD = 3
 WRITE_AHEAD = 2
@@ -123,15 +127,16 @@ def footprint(mem: MemoryModel, lay: Layout, name: str, batch: int, inflight: in
 
     Exchange keeps the bottlenecks of the communication window (2k + 1 rows, all of them for monolithic),
     the look-ahead row and the communicated rows of the band being decoded and the one before, plus the
-    communication network's input, two intermediates and output on ``comm_cols`` columns and their halo.
+    communication network's input, two intermediates and output on ``comm_cols`` columns and their halo;
+    every schedule pays the :data:`RUNTIME` of its threads.
     """
     k = lay.halo_rows
-    band = 0
+    band = RUNTIME
     if lay.exchange:
         window = lay.rows if name == "monolithic" else min(lay.rows, 2 * k + 1)
         kept = min(lay.rows, lay.rank_rows + 2 * k) if lay.rank_rows else window
         seen = min(lay.cols, comm_cols + 2 * lay.halo_cols)
-        band = (kept + 3) * lay.cols * mem.sent + 4 * window * seen * mem.sent
+        band += (kept + 3) * lay.cols * mem.sent + 4 * window * seen * mem.sent
     if name == "monolithic":
         return band + lay.tiles * (mem.tile + mem.skips + mem.work + mem.result)
     keep = name == "wavefront"

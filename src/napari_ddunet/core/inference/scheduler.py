@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -58,6 +58,14 @@ class Job:
 
 def _batches(items: Sequence[int], size: int) -> list[list[int]]:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def _drain(jobs: list[Job]) -> Iterator[Job]:
+    """The jobs in order, each dropped from the list as it is handed out: a taken job's future holds its
+    result, so a whole row of them must not stay referenced until the row is done."""
+    jobs.reverse()
+    while jobs:
+        yield jobs.pop()
 
 
 class Scheduler:
@@ -315,7 +323,7 @@ class Scheduler:
         return self.workers.submit(partial(self._encode_on, read, keep))
 
     def collect_encode(self, row: int) -> Generator[ProgressEvent, None, None]:
-        for job in self.encoding.pop(row, []):
+        for job in _drain(self.encoding.pop(row, [])):
             done = self.result(job)
             if done is None:
                 continue
@@ -332,7 +340,8 @@ class Scheduler:
                    device: torch.device) -> tuple[list[torch.Tensor] | None, torch.Tensor]:
         """Device job: all encoder features (when the wavefront keeps them) and the F sent channels."""
         feats = replica.encode(to_device(read.result(), device, self.req.dtype))
-        sent = feats[-1][:, feats[-1].shape[1] - self.f:].to("cpu")
+        # a copy: a view would keep every bottleneck channel alive in the cache, not only the F it needs
+        sent = feats[-1][:, feats[-1].shape[1] - self.f:].to("cpu", copy=True)
         return (feats if keep else None), sent
 
     # -- communicate ---------------------------------------------------------------------------
@@ -390,7 +399,7 @@ class Scheduler:
         return self.workers.submit(partial(self._decode_on, read, held, comm))
 
     def collect_decode(self, jobs: list[Job]) -> Generator[ProgressEvent, None, None]:
-        for job in jobs:
+        for job in _drain(jobs):
             done = self.result(job)
             if done is None:
                 continue   # not started: dropped; started or finished jobs are still written
