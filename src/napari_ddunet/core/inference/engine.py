@@ -75,6 +75,7 @@ def segment_iter(
     axes: str | None = None,
     planes: Sequence[int | Sequence[int]] | None = None,
     calibration: Any = None,
+    normalization: str | None = None,
 ) -> Generator[ProgressEvent, None, SegmentationResult]:
     """Segment ``image`` with ``model``; yields :class:`ProgressEvent`, returns :class:`SegmentationResult`.
 
@@ -91,12 +92,17 @@ def segment_iter(
     ``calibration`` (a :class:`~napari_ddunet.core.io.ome.Calibration`, or a dict of y/x ``scale``,
     ``translate`` and ``units`` as a napari layer has them) places the output in physical space; by default
     the input's own (OME-Zarr, OME-TIFF, ImageJ TIFF) is carried to the store's OME-Zarr metadata.
+
+    ``normalization`` is ``"checkpoint"`` (default: the mode the checkpoint records), ``"percentile"`` or
+    ``"dtype"`` (:mod:`napari_ddunet.core.io.normalization`); an input far from the training data's value range
+    raises a :class:`~napari_ddunet.core.io.normalization.ValueRangeWarning` before any work.
     """
     request = build_request(
         image, model, subdomain_size=subdomain_size, devices=devices, output=output, memory_budget=memory_budget,
         features=features, probabilities=probabilities, logits=logits, channel_axis=channel_axis, region=region,
         communicate=communicate, resume=resume, overwrite=overwrite, dtype=dtype, schedule=schedule,
         distributed=distributed, channels=channels, axes=axes, planes=planes, calibration=calibration,
+        normalization=normalization,
     )
     plan = plan_schedule(request)
     # the output store's lock (rank 0's under torchrun), held until the run ends; an overwrite clears the
