@@ -25,3 +25,12 @@ def test_the_table_covers_the_issue_cases() -> None:
     assert {c.shape for c in full if c.group == "size"} == {(2048, 2048), (8192, 8192), (32768, 32768)}
     assert {c.shape for c in full if c.group == "strip"} == {(512, 131072)}
     assert len(budget.cases(quick=True)) < len(full)
+
+
+def test_a_budget_too_small_is_a_refused_row(tmp_path) -> None:
+    case = budget.Case("strip", (512, 1024), 10 * budget.MB, rows=1)
+    budget.write_image(budget.image_path(tmp_path, case.shape), case.shape)
+    result = budget.measure(case, tmp_path, threads=1, timeout=600)
+    assert result.error is None and result.refused.endswith("MB") and result.peak_rss is None
+    assert "refused: needs at least" in budget.format_table([result], {"cpu": "test"})
+    assert not list(tmp_path.glob("budget_out_*"))

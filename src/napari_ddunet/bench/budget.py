@@ -61,6 +61,7 @@ class Measurement:
     baseline_rss: int | None = None
     peak_rss: int | None = None
     seconds: float | None = None
+    refused: str | None = None   # the smallest budget the engine names when it refuses this one
     error: str | None = None
 
     @property
@@ -84,8 +85,8 @@ def cases(quick: bool) -> list[Case]:
         return [Case("budget", (2048, 2048), 64 * MB), Case("budget", (2048, 2048), 512 * MB),
                 Case("strip", (512, 8192), 64 * MB)]
     table = [Case("budget", (4096, 4096), b * MB) for b in (64, 128, 256, 512, 1000, 2000)]
-    table += [Case("size", (s, s), 256 * MB) for s in (2048, 8192, 32768)]
-    table += [Case("strip", (512, 131072), 64 * MB, rows=None), Case("strip", (512, 131072), 256 * MB, rows=None)]
+    table += [Case("size", (s, s), b * MB) for b in (64, 256) for s in (2048, 8192, 32768)]
+    table += [Case("strip", (512, 131072), b * MB, rows=None) for b in (64, 128, 256)]
     return table
 
 
@@ -117,6 +118,7 @@ def _child(case: Case, workdir: str, threads: int | None, out: mp.Queue) -> None
 
         from napari_ddunet.core.inference.engine import segment_iter
         from napari_ddunet.core.inference.progress import Phase
+        from napari_ddunet.core.inference.schedule import BudgetError
         from napari_ddunet.core.network.config import ModelConfig
         from napari_ddunet.core.network.model import DDUNet
 
@@ -142,6 +144,10 @@ def _child(case: Case, workdir: str, threads: int | None, out: mp.Queue) -> None
                     cancel.set()
         except StopIteration as finished:
             run = finished.value
+        except BudgetError as refusal:
+            result.refused = str(refusal).split("needs at least ")[-1].split(";")[0]
+            out.put(result)
+            return
         result.seconds = time.perf_counter() - start
         result.peak_rss = _peak_rss()
         result.schedule = run.schedule
@@ -206,8 +212,9 @@ def run_table(workdir: Path, quick: bool, threads: int | None, timeout: float, l
     for i, case in enumerate(table, 1):
         result = measure(case, workdir, threads, timeout)
         if log is not None:
-            status = result.error or f"{result.schedule}, {result.above / MB:.0f} MB above baseline " \
-                                     f"({result.ratio:.2f}x budget), {result.seconds:.0f} s"
+            status = result.error or (result.refused and f"refused, needs {result.refused}") or \
+                f"{result.schedule}, {result.above / MB:.0f} MB above baseline ({result.ratio:.2f}x budget), " \
+                f"{result.seconds:.0f} s"
             print(f"[{i}/{len(table)}] {case.label}: {status}", file=log, flush=True)
         results.append(result)
     return results
@@ -225,11 +232,12 @@ def format_table(results: list[Measurement], machine: dict[str, Any]) -> str:
              "peak above baseline | / budget | / 2048^2 | s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     flat = {r.case.budget: r.above for r in results if r.case.shape == (2048, 2048) and r.above is not None}
+    refused = [r for r in results if r.refused]
     for r in results:
         c = r.case
-        if r.error:
-            lines.append(f"| {c.group} | {c.shape[0]} x {c.shape[1]} | {c.budget // MB} MB | error: {r.error} "
-                         "| | | | | | | | |")
+        if r.error or r.refused:
+            what = f"error: {r.error}" if r.error else f"refused: needs at least {r.refused}"
+            lines.append(f"| {c.group} | {c.shape[0]} x {c.shape[1]} | {c.budget // MB} MB | {what} | | | | | | | | |")
             continue
         base = flat.get(c.budget)
         versus = f"{r.above / base:.2f}" if base else ""
@@ -241,4 +249,6 @@ def format_table(results: list[Measurement], machine: dict[str, Any]) -> str:
     if worst is not None:
         verdict = "holds" if worst <= GOAL else "does not hold"
         lines += ["", f"largest peak / budget: {worst:.2f} (goal <= {GOAL}: {verdict})"]
+    if refused:
+        lines.append(f"refused before any output (exit 2 on the command line): {len(refused)} case(s)")
     return "\n".join(lines)
