@@ -201,6 +201,14 @@ def test_thirteen_bands_in_the_checkpoint_and_the_engine(tmp_path, bgrn):
         run(bgrn, net)
 
 
+def test_the_mismatch_line_offers_the_bands_the_model_was_trained_on(tmp_path, bgrn):
+    path = save_checkpoint(tmp_path / "m.pt", model(3), subdomain_size=SUB, training_args={"channels": [2, 1, 0]})
+    with pytest.raises(InputError, match=r"e\.g\. --channels 2 1 0 \(the bands the model was trained on\)$"):
+        run(bgrn, path)
+    with pytest.raises(InputError, match=r"e\.g\. --channels 0 0 0$"):         # a grey image lacks bands 1 and 2
+        run(bgrn[..., 0], path)
+
+
 def test_a_bad_choice_fails_before_the_output_exists(tmp_path, bgrn):
     out = tmp_path / "out.zarr"
     with pytest.raises(InputError, match="band 5 does not exist"):

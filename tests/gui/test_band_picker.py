@@ -37,6 +37,20 @@ def test_picker_follows_the_image_and_the_model(widget, checkpoint_factory, land
     assert not shown(form, "bands")
 
 
+def test_picker_defaults_to_the_bands_the_model_was_trained_on(widget, tmp_path, landsat):
+    from napari_ddunet import DDUNet, ModelConfig, save_checkpoint
+
+    config = ModelConfig(in_channels=3, num_classes=2, depth=2, base_channels=2, comm_features=4)
+    path = save_checkpoint(tmp_path / "trained.pt", DDUNet(config), subdomain_size=(16, 16),
+                           training_args={"channels": [3, 2, 1]})
+    widget.viewer.add_image(landsat, name="landsat")
+    assert widget.load_checkpoint(path)
+    assert widget.form.bands.value == [3, 2, 1]
+    widget.viewer.add_image(landsat[:2], name="two bands")              # lacks band 3: the first bands instead
+    widget.form.image.value = widget.viewer.layers["two bands"]
+    assert widget.form.bands.value == [0, 1]
+
+
 def test_chosen_bands_reach_the_engine_in_order(widget, checkpoint_factory, landsat):
     path = checkpoint_factory("rgb.pt", in_channels=3, subdomain=(16, 16))
     widget.viewer.add_image(landsat, name="landsat")

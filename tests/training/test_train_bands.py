@@ -11,7 +11,9 @@ import pytest
 import tifffile
 import zarr
 
+from napari_ddunet import segment
 from napari_ddunet.core.checkpoints.format import load_checkpoint
+from napari_ddunet.core.io.images import InputError
 from training import train
 
 TINY = ["--depth", "2", "--base-channels", "2", "--comm-features", "4", "--comm-layers", "1", "--batch-size", "2",
@@ -52,6 +54,8 @@ def test_channels_picks_bands_in_order_and_the_checkpoint_records_them(tmp_path,
     chosen = landsat[:, [3, 2, 1]].astype(np.float64)
     np.testing.assert_allclose(info.normalization.mean, chosen.mean(axis=(0, 2, 3)), rtol=1e-12)
     np.testing.assert_allclose(info.normalization.std, chosen.std(axis=(0, 2, 3)), rtol=1e-9)
+    with pytest.raises(InputError, match=r"--channels 3 2 1 \(the bands the model was trained on\)"):
+        segment(landsat[0], out / "best.pt")                           # predict names the training bands
 
 
 def test_every_band_of_a_twenty_band_store_trains(tmp_path, landsat):

@@ -147,7 +147,7 @@ def build_request(image: Any, model: Any, *, subdomain_size: tuple[int, int] | N
     if planes is not None and stack is None:
         raise EngineError("planes= chooses planes of a stack (an image with t or z axes); this image is 2D")
     chosen = plane_indices(stack, planes) if stack is not None else ()
-    open_plane = partial(open_image, in_channels=net.config.in_channels, channels=channels,
+    open_plane = partial(open_image, in_channels=net.config.in_channels, channels=channels, trained=_trained_bands(net),
                          channel_axis=channel_axis if stack is None else stack.channel_axis(channel_axis))
     try:
         source = open_plane(opened if stack is None else stack.plane(chosen[0]))
@@ -188,9 +188,16 @@ def _calibration(given: Calibration | Mapping[str, Any] | None, image: Any) -> C
 
 
 def _with_stack_hint(message: str, opened: Any) -> str:
-    """A layout error of a 3D image without axis names also says how to segment it as a stack of planes."""
+    """A layout error of a 3D image whose axes are not named (a .npy, a TIFF tifffile reads as QYX) also
+    says how to segment it as a stack of planes."""
     shape = tuple(opened.array.shape)
-    if opened.axes is not None or len(shape) != 3 or shape[0] >= min(shape[1:]):
+    named = opened.axes is not None and bool({"t", "z", "c"} & set(opened.axes))
+    if named or len(shape) < 3:
+        return message
+    if len(shape) > 3:
+        examples = {4: "TZYX or ZCYX", 5: "TCZYX"}.get(len(shape), "one letter per axis from T, C, Z, Y, X")
+        return f"{message}; for a stack of planes name its axes: --axes {examples} (axes= in Python)"
+    if shape[0] >= min(shape[1:]):
         return message
     return f"{message}; or, if its {shape[0]} entries along axis 0 are planes: --axes ZYX (axes='ZYX' in Python)"
 
@@ -206,6 +213,15 @@ def _check_finite_planes(source: ImageSource, stack: Stack | None, planes: tuple
             check_finite(open_plane(stack.plane(index)), box)
         except InputError as error:
             raise InputError(f"plane {stack.label(index)}: {error}") from None
+
+
+def _trained_bands(net: DDUNet) -> list[int] | None:
+    """The bands the model was trained on (``--channels`` of training), as its checkpoint records them."""
+    info = getattr(net, "info", None)
+    bands = info.training_args.get("channels") if info is not None else None
+    if not isinstance(bands, list) or not all(isinstance(b, int) and not isinstance(b, bool) for b in bands):
+        return None
+    return bands
 
 
 def _resolve_model(model: Any) -> DDUNet:

@@ -342,7 +342,8 @@ def image_layout(opened: OpenedImage, *, channel_axis: int | None = None, in_cha
 
 
 def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int | None = None,
-               channels: Sequence[int] | None = None, yx_shape: Sequence[int] | None = None) -> ImageSource:
+               channels: Sequence[int] | None = None, yx_shape: Sequence[int] | None = None,
+               trained: Sequence[int] | None = None) -> ImageSource:
     """Wrap ``image`` (array or path) as an :class:`ImageSource` that feeds ``in_channels`` channels.
 
     2D images are YX (one band); 3D images are YXC or CYX, guessed from file metadata (TIFF, OME-Zarr)
@@ -351,7 +352,8 @@ def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int 
     picks bands of the channel axis by index, in that order (repeats allowed: ``(0, 0, 0)`` feeds a
     grey image to an RGB model); without it every band feeds the model, except a band the file marks
     as alpha when the model takes one band fewer. Any other band-count mismatch is an :class:`InputError`.
-    ``image`` may also be an :class:`OpenedImage`; ``yx_shape`` is passed to :func:`image_layout`.
+    ``image`` may also be an :class:`OpenedImage`; ``yx_shape`` is passed to :func:`image_layout`;
+    ``trained`` (the bands the model was trained on) is the example a mismatch line offers.
     """
     opened = open_levels(image)
     hint = in_channels if channels is None else None  # a selection says nothing of the image's band count
@@ -364,7 +366,7 @@ def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int 
     where = "YX" if axis is None else f"{'CYX' if axis == 0 else 'YXC'}, shape {shape}"
     names = opened.band_names if opened.band_names is not None and len(opened.band_names) == have else None
     bands, note = choose_bands(have, in_channels, channels, alpha=opened.alpha and axis is not None, where=where,
-                               names=names)
+                               names=names, trained=trained)
     calibration = None if opened.calibration is None else opened.calibration.select(("y", "x"))
     source = ImageSource(array, axis, have if bands is None else len(bands), opened.description, bands, note,
                          calibration)
@@ -375,7 +377,8 @@ def open_image(image: Any, *, in_channels: int | None = None, channel_axis: int 
 
 
 def choose_bands(have: int, in_channels: int | None, channels: Sequence[int] | None, *, alpha: bool = False,
-                 where: str = "", names: Sequence[str] | None = None) -> tuple[tuple[int, ...] | None, str]:
+                 where: str = "", names: Sequence[str] | None = None,
+                 trained: Sequence[int] | None = None) -> tuple[tuple[int, ...] | None, str]:
     """The bands to read of an image with ``have`` bands (None: all, as stored) and a note saying how
     they were chosen; raises :class:`InputError` for a band that does not exist or a count the model
     does not take. The one rule for the engine, the widget and the trainer. ``names`` (the file's, one
@@ -404,7 +407,7 @@ def choose_bands(have: int, in_channels: int | None, channels: Sequence[int] | N
     if names:
         listed = ", ".join(f"{i} {_short(name)}" for i, name in enumerate(names[:MAX_NAMED]))
         where += f"; {listed}" + (f", ... ({have - MAX_NAMED} more)" if have > MAX_NAMED else "")
-    raise InputError(layout.band_mismatch(have, in_channels, where))
+    raise InputError(layout.band_mismatch(have, in_channels, where, trained))
 
 
 def _short(name: str) -> str:

@@ -80,16 +80,28 @@ def infer_channel_axis(shape: Sequence[int], *, axes_names: Sequence[str] | None
     return short[0] if short else None
 
 
-def band_mismatch(have: int, expected: int, where: str = "") -> str:
+def trained_bands(trained: Sequence[int] | None, have: int, expected: int | None) -> list[int] | None:
+    """``trained`` (a checkpoint's training bands) when an image of ``have`` bands has them all and they
+    are as many as the model takes (``expected``), else None."""
+    if trained is None or expected is None or len(trained) != expected:
+        return None
+    bands = [int(b) for b in trained]
+    return bands if all(0 <= b < have for b in bands) else None
+
+
+def band_mismatch(have: int, expected: int, where: str = "", trained: Sequence[int] | None = None) -> str:
     """The one line for an image whose band count is not the model's: both counts and how to choose.
 
-    ``where`` says which axis was taken for bands (so a wrong guess shows); the example repeats the
-    bands the image has when it has fewer than the model takes (a grey image into an RGB model)."""
-    example = " ".join(str(i % have) for i in range(expected))
+    ``where`` says which axis was taken for bands (so a wrong guess shows). The example is ``trained``
+    (the bands the model was trained on, when this image has them), else the first bands, repeated
+    when the image has fewer than the model takes (a grey image into an RGB model)."""
+    usable = trained_bands(trained, have, expected)
+    example = " ".join(map(str, usable if usable else (i % have for i in range(expected))))
+    why = " (the bands the model was trained on)" if usable else ""
     plural = "s" if have != 1 else ""
     where = f" ({where})" if where else ""
     return (f"image has {have} band{plural}{where}, the model expects {expected}; choose bands with --channels "
-            f"(channels= in Python, Bands in the widget), e.g. --channels {example}")
+            f"(channels= in Python, Bands in the widget), e.g. --channels {example}{why}")
 
 
 def yx_axes(ndim: int, channel_axis: int | None) -> tuple[int, int]:

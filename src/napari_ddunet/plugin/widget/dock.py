@@ -275,9 +275,11 @@ class DDUNetWidget(QWidget):
         return None if layer is None or axis is None else int(image_shape(layer)[axis])
 
     def _show_bands(self, *_: Any) -> None:
-        """The band picker for the image's channel axis, reset to the model's first bands."""
+        """The band picker for the image's channel axis, reset to the model's training bands or first bands."""
         in_channels = self.model.config.in_channels if self.model is not None else None
-        show_bands(self.form, self._bands_of(self.image_layer()), in_channels)
+        trained = self.model.info.training_args.get("channels") if self.model is not None else None
+        show_bands(self.form, self._bands_of(self.image_layer()), in_channels,
+                   trained if isinstance(trained, list) else None)
 
     def yx(self, layer) -> tuple[int, int]:
         return yx_axes(len(image_shape(layer)), self.form.channel_axis.value)

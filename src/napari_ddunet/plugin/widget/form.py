@@ -10,6 +10,7 @@ The band picker ("Bands") lists the bands of the channel axis that feed the mode
 """
 
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from magicgui.widgets import FunctionGui
 from napari.layers import Image
 
 from napari_ddunet.core.inference.devices import available_devices
+from napari_ddunet.core.io.layout import trained_bands
 from napari_ddunet.plugin.settings import PluginDefaults
 
 NO_MODEL = "(choose a checkpoint)"
@@ -98,12 +100,15 @@ def build_form(image_choices, bundled_names: list[str], defaults: PluginDefaults
     return form
 
 
-def default_bands(have: int, in_channels: int | None) -> list[int]:
-    """The first bands, as many as the model takes (all of them without a model): RGB of an RGBA layer."""
-    return list(range(have if in_channels is None else min(have, in_channels)))
+def default_bands(have: int, in_channels: int | None, trained: Sequence[int] | None = None) -> list[int]:
+    """The bands the model was trained on where the image has them, else the first bands, as many as
+    the model takes (all of them without a model): RGB of an RGBA layer."""
+    chosen = trained_bands(trained, have, in_channels)
+    return chosen or list(range(have if in_channels is None else min(have, in_channels)))
 
 
-def show_bands(form: RunForm, have: int | None, in_channels: int | None) -> None:
+def show_bands(form: RunForm, have: int | None, in_channels: int | None,
+               trained: Sequence[int] | None = None) -> None:
     """Show the band picker for an image with ``have`` bands on its channel axis (hide it without one),
     its entries reset to :func:`default_bands`."""
     field = form.bands
@@ -111,4 +116,4 @@ def show_bands(form: RunForm, have: int | None, in_channels: int | None) -> None
     if have is None:
         return
     field.label = f"Bands (0..{have - 1})"
-    field.value = default_bands(have, in_channels)
+    field.value = default_bands(have, in_channels, trained)
