@@ -30,7 +30,7 @@ from napari_ddunet.core.inference.sink import open_output
 
 GRID = 5 * 7
 SCHEDULES = ("monolithic", "wavefront", "recompute", "streaming")
-ARRAYS = ("labels/0", "labels/1", "logits", "bottleneck", "communicated", "_work/bottleneck")
+ARRAYS = ("labels/0", "labels/1", "logits", "communicated", "_work/bottleneck")
 
 #: Runs ``napari-ddunet ARGS`` and, at the N-th written subdomain, SIGKILLs itself ("kill") or caps the size of
 #: any file it writes at LIMIT bytes ("fill": RLIMIT_FSIZE, so later chunk writes fail with EFBIG like a full disk).
