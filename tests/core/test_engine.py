@@ -212,7 +212,7 @@ def test_bad_requests_raise_before_work(model, kwargs, match):
 
 
 def test_bad_images(model):
-    with pytest.raises(DDUNetError, match=r"3 channels .* expects 1"):
+    with pytest.raises(DDUNetError, match=r"image has 3 bands .* the model expects 1; choose bands with --channels"):
         next(segment_iter(image(channels=3), model, subdomain_size=SUB))
     with pytest.raises(DDUNetError, match="dimensionality"):
         next(segment_iter(np.zeros((2, 3, 80, 80)), model, subdomain_size=SUB))
