@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import resource
 import struct
 import subprocess
 import sys
@@ -209,47 +208,6 @@ def test_a_deflated_but_honest_checkpoint_still_loads(legit, tmp_path):
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
-_PEAK_SCRIPT = """
-import json, resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a regression fails here instead of swapping
-from napari_ddunet import CheckpointError, load_checkpoint
-from napari_ddunet.core.checkpoints.card import read_model_card
-load_checkpoint(sys.argv[1]); read_model_card(sys.argv[1])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-messages = {}
-for path in sys.argv[2:]:
-    try:
-        read_model_card(path)
-        messages[path] = None
-    except CheckpointError as error:
-        messages[path] = str(error)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"growth_mb": (peak - base) / 1024, "messages": messages}))
-"""
-
-
-def test_hostile_files_are_refused_in_small_memory(legit, tmp_path):
-    """A child process loads every memory-hungry case; its peak RSS barely grows past one real load.
-
-    Before, the 2 GiB record was inflated and the config's model built (2.5 GB for depth 6, base 64)
-    before anything was compared.
-    """
-    path, blob = _blob_checkpoint(legit, tmp_path, GIB // 2)
-    bomb = _write_zip(tmp_path / "bomb.pt", [*(_stored(n, d) for n, d in _records(path)),
-                                             (blob, _zeros_deflated(2 * GIB), 2 * GIB, zipfile.ZIP_DEFLATED, 0)])
-    wide = _rewrite(legit, tmp_path / "wide.pt", lambda p: p["config"].update(depth=6, base_channels=64))
-    huge = _rewrite(legit, tmp_path / "huge.pt",
-                    lambda p: p["config"].update(depth=20, comm_layers=10**6, base_channels=2000))
-    result = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(legit), str(bomb), str(wide), str(huge)],
-                            capture_output=True, text=True, timeout=300, check=True)
-    report = json.loads(result.stdout)
-    assert all(report["messages"].values()), report
-    assert report["growth_mb"] < 100, report
-
-
-# -- provenance ----------------------------------------------------------------------------------
-
-
 def _laughs(levels: int) -> list:
     """A list whose repr has 10**levels "lol"s, stored (as shared references) in a few hundred bytes."""
     node: list = ["lol"] * 10
@@ -258,16 +216,59 @@ def _laughs(levels: int) -> list:
     return node
 
 
-def test_billion_laughs_provenance_keeps_info_fast_and_small(legit, tmp_path):
+_CHILD_SCRIPT = """
+import contextlib, io, json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a regression fails here instead of swapping
+from napari_ddunet import CheckpointError, load_checkpoint
+from napari_ddunet.cli import main
+from napari_ddunet.core.checkpoints.card import read_model_card
+legit, laughs, *hostile = sys.argv[1:]
+load_checkpoint(legit); read_model_card(legit)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+messages = {}
+for path in hostile:
+    try:
+        read_model_card(path)
+        messages[path] = None
+    except CheckpointError as error:
+        messages[path] = str(error)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+info = []
+for extra in ([], ["--json"]):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = main(["info", laughs, *extra])
+    info.append({"code": code, "length": len(out.getvalue()), "cuts": out.getvalue().count("provenance too large")})
+print(json.dumps({"growth_mb": (peak - base) / 1024, "messages": messages, "info": info}))
+"""
+
+
+def test_hostile_files_are_refused_in_small_memory_and_info_stays_small(legit, tmp_path):
+    """One child process (one import) loads every memory-hungry case, then runs ``info`` on a billion laughs.
+
+    Its peak RSS barely grows past one real load. Before, the 2 GiB record was inflated and the config's
+    model built (2.5 GB for depth 6, base 64) before anything was compared, and str() of the laughs never
+    returned (the timeout catches a hang).
+    """
+    path, blob = _blob_checkpoint(legit, tmp_path, GIB // 2)
+    bomb = _write_zip(tmp_path / "bomb.pt", [*(_stored(n, d) for n, d in _records(path)),
+                                             (blob, _zeros_deflated(2 * GIB), 2 * GIB, zipfile.ZIP_DEFLATED, 0)])
+    wide = _rewrite(legit, tmp_path / "wide.pt", lambda p: p["config"].update(depth=6, base_channels=64))
+    huge = _rewrite(legit, tmp_path / "huge.pt",
+                    lambda p: p["config"].update(depth=20, comm_layers=10**6, base_channels=2000))
     laughs = _rewrite(legit, tmp_path / "laughs.pt", lambda p: p["provenance"].update(laughs=_laughs(9)))
     assert laughs.stat().st_size < legit.stat().st_size + 4096
-    # in a child: before, str() of the provenance never returned (a hang is caught by the timeout)
-    script = (f"from napari_ddunet.cli import main; main(['info', {str(laughs)!r}]); "
-              f"main(['info', {str(laughs)!r}, '--json'])")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)))
-    assert result.returncode == 0, result.stderr
-    assert len(result.stdout) < 2_000_000 and result.stdout.count("cut: provenance too large") >= 2
+    files = [legit, laughs, bomb, wide, huge]
+    result = subprocess.run([sys.executable, "-c", _CHILD_SCRIPT, *map(str, files)],
+                            capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(result.stdout)
+    assert all(report["messages"].values()), report
+    assert report["growth_mb"] < 100, report
+    text, as_json = report["info"]
+    assert text["code"] == 0 and text["length"] < 20_000, report  # each card row is cut too
+    assert as_json["code"] == 0 and as_json["length"] < 2_000_000 and as_json["cuts"] >= 1, report
+
+
+# -- provenance ----------------------------------------------------------------------------------
 
 
 def test_provenance_is_cut_to_its_bounds(legit, tmp_path):
