@@ -206,7 +206,7 @@ class _ChannelsLast:
     def __init__(self, source: ImageSource) -> None:
         self.source = source
         self.shape = (*source.shape, source.channels)
-        self.dtype = np.dtype(np.float64)
+        self.dtype = source.dtype   # the stored pixel type (what the checkpoint records); reads are float64
 
     def __getitem__(self, key) -> np.ndarray:
         rows, cols = key
