@@ -11,7 +11,7 @@ import torch
 from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.inference.fingerprint import input_fingerprint, resume_mismatch
 from napari_ddunet.core.inference.grid import PAD_MODE
-from napari_ddunet.core.inference.request import EngineError, SegmentRequest
+from napari_ddunet.core.inference.request import EngineError, SegmentRequest, planes_to_sample
 from napari_ddunet.core.inference.schedule import SchedulePlan
 from napari_ddunet.core.inference.sink import STORE_VERSION, Sink
 from napari_ddunet.core.io import ome
@@ -38,7 +38,6 @@ def store_metadata(request: SegmentRequest, schedule: SchedulePlan) -> dict[str,
     """The ``napari_ddunet`` attributes of the store: what a resumed run must match, and how it was made."""
     net, policy = request.model, request.output
     config, info = net.config, getattr(net, "info", None)
-    norm = info.normalization if info is not None else None
     outputs = sorted(n for n, on in (("probabilities", policy.probabilities), ("logits", policy.logits),
                                      ("features", policy.features and net.comm is not None)) if on)
     meta = {
@@ -52,7 +51,7 @@ def store_metadata(request: SegmentRequest, schedule: SchedulePlan) -> dict[str,
         "region": list(request.rect),
         "communicate": "exchange" if request.exchange else ("per-subdomain" if request.per_tile_comm else "none"),
         "dtype": str(request.dtype).replace("torch.", ""),
-        "normalization": None if norm is None else norm.to_dict(),
+        "normalization": None if request.normalization is None else request.normalization.record(),
         "bands": None if request.source.bands is None else list(request.source.bands),
         "pad_mode": PAD_MODE,
         "outputs": outputs,
@@ -78,11 +77,7 @@ def store_metadata(request: SegmentRequest, schedule: SchedulePlan) -> dict[str,
 
 def sampled_planes(request: SegmentRequest) -> list[ImageSource]:
     """The planes the input fingerprint samples: the image, or a stack's first, middle and last plane."""
-    if request.stack is None:
-        return [request.source]
-    indices = request.stack.indices()
-    picks = sorted({0, len(indices) // 2, len(indices) - 1})
-    return [request.open_plane(request.stack.plane(indices[i])) for i in picks]
+    return planes_to_sample(request.source, request.stack, request.open_plane)
 
 
 def _colors(request: SegmentRequest) -> list[list[Any]] | None:
