@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from napari_ddunet.core.checkpoints.format import default_class_names
 from napari_ddunet.core.data import synthetic
 from napari_ddunet.core.errors import DDUNetError
-from napari_ddunet.core.io.images import ImageSource, OpenedImage, open_image, open_levels
+from napari_ddunet.core.io.images import ChannelAxisError, ImageSource, OpenedImage, open_image, open_levels
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -233,6 +233,9 @@ def _open_image(path: Path, yx_shape: tuple[int, ...], channels: Sequence[int] |
     layout rule of :mod:`napari_ddunet.core.io`, which the mask's shape settles for any number of bands."""
     try:
         return _ChannelsLast(open_image(_open(path), channels=channels, yx_shape=yx_shape))
+    except ChannelAxisError as error:
+        raise DatasetError(f"{path}: no axis of the {error.shape} image holds bands around its mask's "
+                           f"{tuple(yx_shape)} (image and mask must have the same height and width)") from None
     except DDUNetError as error:
         raise DatasetError(f"{path}: {error}") from None
 

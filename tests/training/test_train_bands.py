@@ -80,5 +80,11 @@ def test_bad_band_choices_are_one_line(tmp_path, landsat, capsys):
                        "--channels", "3", "12", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "c0.tif" in err[0] and "band 12 does not exist: the image has 10 bands" in err[0]
+    (tmp_path / "data" / "images" / "c0.tif").unlink()
+    tifffile.imwrite(tmp_path / "data" / "images" / "c0.tif", np.zeros((20, 40, 50), np.uint16))   # not 40 x 48
+    assert train.main([*TINY, "--dataset", "folder", "--data", str(tmp_path / "data"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no axis of the (20, 40, 50) image holds bands around its mask's (40, 48)" in err[0]
+    assert "--channel-axis" not in err[0]                               # training has no such option
     assert train.main([*TINY, "--dataset", "synthetic", "--output", str(out), "--channels", "0"]) == 2
     assert "--channels applies to --dataset folder or zarr" in capsys.readouterr().err

@@ -25,6 +25,14 @@ class InputError(DDUNetError):
     """An input image that cannot be segmented as given; the message says why and what would work."""
 
 
+class ChannelAxisError(InputError):
+    """A 3D image whose band axis cannot be told; front ends without ``--channel-axis`` say what they need."""
+
+    def __init__(self, message: str, shape: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.shape = shape
+
+
 class InputReadError(InputError):
     """Pixels of the input that cannot be read (a truncated chunk, a failing codec): bad input before the
     run's store exists, an I/O fault (:class:`~napari_ddunet.core.errors.RunIOError`, exit 3) once it does."""
@@ -331,10 +339,10 @@ def image_layout(opened: OpenedImage, *, channel_axis: int | None = None, in_cha
             raise InputError(f"channel_axis={channel_axis} given for a 2D (YX) image of shape {shape}")
         return array, None
     if axis is None:
-        raise InputError(
+        raise ChannelAxisError(
             f"cannot tell the channel axis of a {shape} image (neither its first nor its last axis has at "
             f"most {layout.MAX_CHANNELS} entries); name it: --channel-axis 0 (CYX) or -1 (YXC), channel_axis= "
-            "in Python"
+            "in Python", shape
         )
     if kept.index(axis) == 1:
         raise InputError(f"channel_axis must be the first (CYX) or last (YXC) image axis, got {channel_axis}")
