@@ -141,6 +141,19 @@ def test_band_names_from_ome_zarr_and_ome_tiff_on_one_line(tmp_path, bgrn):
         "bands 3, 2, 1 of 4 (NIR, R, G)"
 
 
+def test_alpha_of_a_png_is_what_its_mode_says(tmp_path, bgrn):
+    from PIL import Image
+
+    rgb = (bgrn[..., [2, 1, 0]] // 257).astype(np.uint8)
+    rgba = np.concatenate([rgb, np.full((64, 72, 1), 200, np.uint8)], axis=-1)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., [0, 3]], mode="LA").save(tmp_path / "la.png")
+    source = open_image(tmp_path / "rgba.png", in_channels=3)
+    assert source.note == "bands 0..2 of 4 (band 3 is alpha)"
+    np.testing.assert_array_equal(source.read(0, 64, 0, 72), np.moveaxis(rgb, -1, 0))
+    assert open_image(tmp_path / "la.png", in_channels=1).note == "band 0 of 2 (band 1 is alpha)"
+
+
 def _logged_store():
     """A zarr store that records the chunk keys read (zarr's own LoggingStore)."""
     keys: list[str] = []

@@ -411,7 +411,8 @@ def choose_bands(have: int, in_channels: int | None, channels: Sequence[int] | N
     if in_channels is None or have == in_channels:
         return None, ""
     if alpha and have - 1 == in_channels:
-        return tuple(range(in_channels)), f"bands 0..{in_channels - 1} of {have} (band {have - 1} is alpha)"
+        kept = "band 0" if in_channels == 1 else f"bands 0..{in_channels - 1}"
+        return tuple(range(in_channels)), f"{kept} of {have} (band {have - 1} is alpha)"
     if names:
         listed = ", ".join(f"{i} {_short(name)}" for i, name in enumerate(names[:MAX_NAMED]))
         where += f"; {listed}" + (f", ... ({have - MAX_NAMED} more)" if have > MAX_NAMED else "")
