@@ -199,6 +199,17 @@ def test_segment_with_channels_equals_the_preselected_image(bgrn):
     np.testing.assert_array_equal(np.asarray(chosen.labels), np.asarray(ref.labels))
 
 
+def test_bands_of_a_stack_are_chosen_plane_by_plane(bgrn):
+    """A Z stack of 4-band planes (CZYX) into an RGB model: the same bands of every plane."""
+    planes = np.stack([bgrn, bgrn[::-1], bgrn[:, ::-1]])                        # (Z, Y, X, C)
+    stack = np.ascontiguousarray(np.moveaxis(planes, -1, 0))                    # (C, Z, Y, X)
+    net = model(3)
+    labels = np.asarray(run(stack, net, axes="CZYX", channels=(2, 1, 0)).labels)
+    for z, plane in enumerate(planes):
+        np.testing.assert_array_equal(labels[z], np.asarray(run(np.ascontiguousarray(plane[..., [2, 1, 0]]),
+                                                                 net).labels))
+
+
 def test_thirteen_bands_in_the_checkpoint_and_the_engine(tmp_path, bgrn):
     scene = bands(bgrn, 13)
     path = save_checkpoint(tmp_path / "s2.pt", model(13), subdomain_size=SUB,
