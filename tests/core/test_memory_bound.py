@@ -165,7 +165,7 @@ def test_a_huge_grid_plans_lazily_and_refuses_a_small_budget(tmp_path):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 16 * 2**20   # a 1954 x 1954 grid: nothing per subdomain was built
+    assert peak < 2 * 2**20   # a 1954 x 1954 grid: nothing per subdomain was built (measured 0.04 MB)
     assert not (tmp_path / "out.zarr").exists()
 
 
