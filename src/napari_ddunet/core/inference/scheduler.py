@@ -280,9 +280,11 @@ class Scheduler:
     def encode_own_band(self) -> Generator[ProgressEvent, None, None]:
         """Under torchrun: encode all of this rank's rows, then swap the halo rows with the other ranks once."""
         own = [r for a, b in self.bands for r in range(a, b)]
-        for r in own:
-            self.submit_encode(r)
-        for r in own:
+        for i, r in enumerate(own):
+            # rows are queued one ahead of the one collected, so the jobs queued stay O(columns)
+            for ahead in own[i:i + 2]:
+                if ahead not in self.encoding:
+                    self.submit_encode(ahead)
             yield from self.collect_encode(r)
         self.req.distributed.exchange_halo(self.cache, own, self.need_rows, self.k)
 
