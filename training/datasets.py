@@ -13,7 +13,7 @@ resumed run sees exactly the samples an uninterrupted one would.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,9 @@ from torch.utils.data import Dataset
 from napari_ddunet.core.checkpoints.format import default_class_names
 from napari_ddunet.core.data import synthetic
 from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.io import normalization as value_ranges
 from napari_ddunet.core.io.images import ChannelAxisError, ImageSource, OpenedImage, open_image, open_levels
+from napari_ddunet.core.io.normalization import BandStats
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
@@ -48,6 +50,16 @@ class TaskData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop: tuple[int, int]
+    mode: str = "global"                  # how each image was prescaled before mean/std (core/io/normalization)
+    value_range: BandStats | None = None  # the training split's statistics after the prescale
+
+    def normalization(self) -> dict[str, object]:
+        """The checkpoint's normalisation record: mode, mean/std and the value range the model was trained on."""
+        record: dict[str, object] = {"mean": self.mean, "std": self.std, "mode": self.mode}
+        if self.value_range is not None:
+            r = self.value_range
+            record.update(dtype=r.dtype, p1=r.p1, p99=r.p99, min=r.minimum, max=r.maximum)
+        return record
 
 
 def set_epoch(dataset: Dataset, epoch: int) -> None:
@@ -69,7 +81,9 @@ def evenly_spaced(dataset: Dataset, count: int) -> Dataset:
 class SyntheticDataset(Dataset):
     """``length`` images of the two-circles task, item i drawn from the seed (seed, split, i)."""
 
-    def __init__(self, length: int, grid: tuple[int, int], subdomain: tuple[int, int], seed: int, split: str) -> None:
+    def __init__(self, length: int, grid: tuple[int, int], subdomain: tuple[int, int], seed: int, split: str,
+                 mode: str = "global") -> None:
+        self.mode = mode
         self.length = length
         self.grid = grid
         self.subdomain = subdomain
@@ -85,23 +99,29 @@ class SyntheticDataset(Dataset):
         image, mask = synthetic.synthetic_grid(
             self.grid[0], self.grid[1], self.subdomain, seed=[self.seed, self.code, index]
         )
+        if self.mode != "global":   # each image its own prescale, as inference applies it to one image
+            a, b = value_ranges.image_prescale(self.mode, lambda y0, y1, x0, x1: image[None, y0:y1, x0:x1],
+                                               image.shape, image.dtype)
+            image = ((image - a[0]) / b[0]).astype(np.float32)
         return torch.from_numpy(image)[None], torch.from_numpy(mask.astype(np.int64))
 
 
 def synthetic_task(
-    grid: tuple[int, int], subdomain: tuple[int, int], seed: int, sizes: Sequence[int] = (4000, 1000, 1000)
+    grid: tuple[int, int], subdomain: tuple[int, int], seed: int, sizes: Sequence[int] = (4000, 1000, 1000),
+    mode: str = "global",
 ) -> TaskData:
     """The paper's task; normalisation statistics from the first (up to) 512 training images."""
     try:
         synthetic.synthetic_grid(grid[0], grid[1], subdomain, seed=0)
     except synthetic.SyntheticError as error:
         raise DatasetError(f"synthetic task: {error}") from None
-    train, val, test = (SyntheticDataset(n, grid, subdomain, seed, s) for n, s in zip(sizes, SPLITS, strict=True))
+    train, val, test = (SyntheticDataset(n, grid, subdomain, seed, s, mode) for n, s in zip(sizes, SPLITS, strict=True))
     sample = np.stack([train[i][0].numpy() for i in range(min(len(train), 512))])
+    stats = value_ranges.pooled_statistics([sample.reshape(1, -1)], sample.dtype)
     return TaskData(
         train, val, test, 1, 3, synthetic.CLASS_NAMES, synthetic.CLASS_COLORS,
         (float(sample.mean()),), (float(sample.std()),),
-        (grid[0] * subdomain[0], grid[1] * subdomain[1]),
+        (grid[0] * subdomain[0], grid[1] * subdomain[1]), mode, stats,
     )
 
 
@@ -116,6 +136,25 @@ class Source:
     image: object
     mask: object
     columns: tuple[int, int] | None = None  # restrict crops to these columns (Blue Marble regions)
+    prescale: tuple[np.ndarray, np.ndarray] | None = None  # (a, b): the image is read as (x - a) / b per band
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Raw pixels of a rectangle as float64 (C, h, w) (the lattice sample of its prescale)."""
+        return np.moveaxis(np.asarray(self.image[y0:y1, x0:x1], dtype=np.float64), -1, 0)
+
+    def scaled(self, block: np.ndarray) -> np.ndarray:
+        """(H, W, C) pixels of this image after its prescale."""
+        if self.prescale is None:
+            return block
+        a, b = self.prescale
+        return (np.asarray(block, dtype=np.float64) - a) / b
+
+    def with_prescale(self, mode: str) -> Source:
+        """This image prescaled by ``mode`` (its own percentiles, or its dtype's range)."""
+        if mode == "global":
+            return self
+        dtype = getattr(self.image, "dtype", np.float64)
+        return replace(self, prescale=value_ranges.image_prescale(mode, self.read, self.shape, dtype))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -185,7 +224,7 @@ class CropDataset(Dataset):
         else:
             k, y, x = self.tiles[index]
         source = self.sources[k]
-        image = np.asarray(source.image[y:y + ch, x:x + cw], dtype=np.float32)
+        image = np.asarray(source.scaled(source.image[y:y + ch, x:x + cw]), dtype=np.float32)
         mask = np.asarray(source.mask[y:y + ch, x:x + cw]).astype(np.int64)
         if self.augment:
             if rng.random() < 0.5:
@@ -294,22 +333,22 @@ def _mask_range(mask) -> tuple[int, int]:
     return int(low), int(high)
 
 
-def _statistics(sources: list[Source], max_pixels: int = 4_000_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std over the training regions (strided when they are large)."""
+def _statistics(sources: list[Source], max_pixels: int = 4_000_000
+                ) -> tuple[tuple[float, ...], tuple[float, ...], BandStats]:
+    """Per-channel mean and std over the training regions (strided when they are large), after each image's
+    prescale, and the value range the checkpoint records (dtype, p1, p99, min, max in the same space)."""
     total = sum((s.extent[1] - s.extent[0]) * (s.extent[3] - s.extent[2]) for s in sources)
     stride = max(1, int(np.ceil(np.sqrt(total / max_pixels))))
-    count, s1, s2 = 0, 0.0, 0.0
-    for source in sources:
-        top, bottom, left, right = source.extent
-        block = np.asarray(source.image[top:bottom:stride, left:right:stride], dtype=np.float64)
-        block = block.reshape(-1, block.shape[-1])
-        count += block.shape[0]
-        s1 = s1 + block.sum(axis=0)
-        s2 = s2 + (block * block).sum(axis=0)
-    mean = s1 / count
-    std = np.sqrt(np.maximum(s2 / count - mean * mean, 0.0))
-    std = np.where(std > 0, std, 1.0)
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+    def blocks():
+        for source in sources:
+            top, bottom, left, right = source.extent
+            block = np.asarray(source.scaled(source.image[top:bottom:stride, left:right:stride]), dtype=np.float64)
+            yield block.reshape(-1, block.shape[-1]).T
+
+    stats = value_ranges.pooled_statistics(blocks(), getattr(sources[0].image, "dtype", np.float64))
+    std = tuple(s if s > 0 else 1.0 for s in stats.std)
+    return stats.mean, std, stats
 
 
 def _split_pairs(pairs: list, seed: int) -> dict[str, list]:
@@ -335,12 +374,14 @@ def pairs_task(
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
     channels: Sequence[int] | None = None,
+    mode: str = "global",
 ) -> TaskData:
     """Image/mask pairs (``kind`` 'folder' for PNG/TIFF, 'zarr' for zarr stores).
 
     ``root`` holds ``images/`` and ``masks/`` (split 80/10/10 by the seed) or ``train/``,
     ``val/`` and ``test/`` folders that each hold them. ``channels`` picks bands by index, in that
-    order (``--channels``); by default every band of every image, any number of them.
+    order (``--channels``); by default every band of every image, any number of them. ``mode`` prescales
+    each image before the statistics (``--normalization``, :mod:`napari_ddunet.core.io.normalization`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -367,17 +408,18 @@ def pairs_task(
     names = tuple(class_names) if class_names else default_class_names(num_classes)
     if len(names) != num_classes:
         raise DatasetError(f"{len(names)} class names for {num_classes} classes")
-    mean, std = _statistics(sources["train"])
+    sources = {s: [src.with_prescale(mode) for src in group] for s, group in sources.items()}
+    mean, std, stats = _statistics(sources["train"])
     return TaskData(
         CropDataset(sources["train"], crop, True, seed, samples, augment),
         CropDataset(sources["val"], crop, False, seed),
         CropDataset(sources["test"], crop, False, seed),
-        counts.pop(), num_classes, names, None, mean, std, crop,
+        counts.pop(), num_classes, names, None, mean, std, crop, mode, stats,
     )
 
 
 def bluemarble_task(
-    crop: tuple[int, int], seed: int, augment: bool = True, samples: int | None = None
+    crop: tuple[int, int], seed: int, augment: bool = True, samples: int | None = None, mode: str = "global"
 ) -> TaskData:
     """Blue Marble land/ocean/lake: two longitude bands held out for validation and test."""
     from napari_ddunet.core.data import bluemarble
@@ -388,13 +430,13 @@ def bluemarble_task(
         raise DatasetError(str(error)) from None
     regions = bluemarble.split_regions(image.shape[1])
     sources = {
-        split: [Source(f"bluemarble {split} {a}-{b}", image, mask, (a, b)) for a, b in ranges]
+        split: [Source(f"bluemarble {split} {a}-{b}", image, mask, (a, b)).with_prescale(mode) for a, b in ranges]
         for split, ranges in regions.items()
     }
-    mean, std = _statistics(sources["train"])
+    mean, std, stats = _statistics(sources["train"])
     return TaskData(
         CropDataset(sources["train"], crop, True, seed, samples, augment),
         CropDataset(sources["val"], crop, False, seed),
         CropDataset(sources["test"], crop, False, seed),
-        3, 3, bluemarble.CLASS_NAMES, bluemarble.CLASS_COLORS, mean, std, crop,
+        3, 3, bluemarble.CLASS_NAMES, bluemarble.CLASS_COLORS, mean, std, crop, mode, stats,
     )

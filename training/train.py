@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--channels", type=int, nargs="+", metavar="BAND",
                       help="image datasets: the bands to train on, by index and in this order, e.g. --channels 3 2 1 "
                            "(default: every band; any number)")
+    data.add_argument("--normalization", choices=("global", "percentile", "dtype"), default="global",
+                      help="how images are scaled before the training set's mean/std (recorded; inference applies "
+                           "it): global: raw values (paper 001); percentile: each image's p1..p99 to 0..1; dtype: "
+                           "divided by the dtype's maximum (255, 65535)")
     data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                       help="random flips and rot90 (default: on for image datasets, off for synthetic)")
 
@@ -187,11 +191,12 @@ def _build_task(args: argparse.Namespace, grid: tuple[int, int], size: tuple[int
     crop = (grid[0] * size[0], grid[1] * size[1])
     augment = args.augment if args.augment is not None else args.dataset != "synthetic"
     if args.dataset == "synthetic":
-        return datasets.synthetic_task(grid, size, args.seed, (args.train_size, args.val_size, args.test_size))
+        return datasets.synthetic_task(grid, size, args.seed, (args.train_size, args.val_size, args.test_size),
+                                       args.normalization)
     if args.dataset == "bluemarble":
-        return datasets.bluemarble_task(crop, args.seed, augment, args.samples_per_epoch)
+        return datasets.bluemarble_task(crop, args.seed, augment, args.samples_per_epoch, args.normalization)
     return datasets.pairs_task(args.data, args.dataset, crop, args.seed, augment, args.samples_per_epoch,
-                               args.num_classes, args.class_names, args.channels)
+                               args.num_classes, args.class_names, args.channels, args.normalization)
 
 
 def build_config(args: argparse.Namespace, task: datasets.TaskData) -> ModelConfig:
@@ -398,7 +403,7 @@ class Trainer:
         checkpoint = {
             "class_names": self.task.class_names,
             "class_colors": self.task.class_colors,
-            "normalization": {"mean": self.task.mean, "std": self.task.std},
+            "normalization": self.task.normalization(),
             "subdomain_size": self.subdomain,
             "training_args": training_args,
             "metrics": metrics,

@@ -7,8 +7,11 @@ one process group (gloo on CPU, nccl on CUDA) and each writes its own band of su
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import threading
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from napari_ddunet.cli import EXIT_CANCELLED, EXIT_CODES_HELP, HelpFormatter, cancel_on_interrupt
@@ -64,6 +67,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "GeoTIFF's georeferencing (OUTPUT labels.tif runs into labels.zarr and writes "
                              "labels.tif; OUTPUT labels.zarr writes labels.tif beside it); default: by OUTPUT's "
                              "suffix, .tif/.tiff meaning geotiff")
+    parser.add_argument("--normalization", choices=("checkpoint", "percentile", "dtype"), default=None,
+                        help="checkpoint: the mode the model was trained with (default; older checkpoints: its "
+                             "global mean/std); percentile: each band's p1..p99 of this image onto the training "
+                             "data's (16-bit microscopy or satellite data into an 8-bit model); dtype: the image "
+                             "dtype's range onto the training dtype's. An input far from the training data's "
+                             "values is named on stderr before the run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -97,12 +106,12 @@ def run(args: argparse.Namespace) -> int:
         probabilities=args.probabilities, logits=args.logits, channel_axis=args.channel_axis, channels=args.channels,
         communicate=False if args.no_communication else None, resume=args.resume, overwrite=args.overwrite,
         dtype=torch.float64 if args.float64 else torch.float32, schedule=args.schedule, distributed=context,
-        axes=args.axes, planes=args.planes, cancel=cancel,
+        axes=args.axes, planes=args.planes, cancel=cancel, normalization=args.normalization,
     )
     rank = "" if context is None else f"[rank {context.rank}/{context.world}] "
     bar = _ProgressBar(rank, args.quiet)
     try:
-        with cancel_on_interrupt(cancel):   # Ctrl-C cancels: the run ends with a consistent store (exit 130)
+        with cancel_on_interrupt(cancel), _value_range_lines(rank):   # Ctrl-C cancels: a consistent store (130)
             result = drive(steps, bar.show, cancel)
     finally:
         bar.close()
@@ -130,6 +139,25 @@ def _plane(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a plane: give an index (5) or t,z (1,3)") from None
+
+
+@contextlib.contextmanager
+def _value_range_lines(prefix: str) -> Iterator[None]:
+    """Each ValueRangeWarning of the run (raised before any work) as one stderr line, every time."""
+    from napari_ddunet.core.io.normalization import ValueRangeWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ValueRangeWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, *rest) -> None:
+            if issubclass(category, ValueRangeWarning):
+                print(f"{prefix}napari-ddunet predict: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, *rest)
+
+        warnings.showwarning = show
+        yield
 
 
 class _ProgressBar:

@@ -162,6 +162,17 @@ def prescale(mode: str, stats: BandStats) -> tuple[np.ndarray, np.ndarray]:
     raise NormalizationError(f"unknown normalisation mode {mode!r}; use one of {', '.join(MODES)}")
 
 
+def image_prescale(mode: str, read: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, int],
+                   dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) of one training image's prescale, from the lattice sample an inference run of it would take
+    (global mode reads one pixel, for the band count): training and inference normalise an image alike."""
+    check_mode(mode)
+    if mode == "global":
+        bands = np.asarray(read(0, 1, 0, 1)).shape[0]
+        return np.zeros(bands), np.ones(bands)
+    return prescale(mode, statistics(lattice_sample(read, shape), dtype))
+
+
 def check_mode(mode: str, choices: Sequence[str] = MODES, flag: str = "--normalization") -> str:
     if mode not in choices:
         raise NormalizationError(f"{flag} {mode!r} is not a normalisation mode; use one of {', '.join(choices)}")
