@@ -77,6 +77,7 @@ class RunRequest:
     axes: str | None = None  # a stack's axes ("ZYX", "TCZYX"): its t/z planes are segmented one by one
     planes: tuple[tuple[int, ...], ...] | None = None  # the stack's planes to segment (None: all)
     plane_count: int = 1     # planes the labels hold (a stack's), for where they can live
+    normalization: str | None = None  # "checkpoint" (None), "percentile" or "dtype" (core/io/normalization)
 
     def run_yx(self) -> tuple[int, int]:
         """Pixels the run covers: the region's, or the whole image's."""
@@ -98,6 +99,7 @@ class RunRequest:
             "calibration": self.calibration,
             "axes": self.axes,
             "planes": self.planes,
+            "normalization": self.normalization,
         }
         if self.kind == "compare":
             kwargs["communicate"] = False
@@ -127,6 +129,9 @@ class RunController(QObject):
         self.result = None
         self.last_result = None
         self.error: BaseException | None = None
+        #: the run's warnings (a value range far from the training data's, raised before any work); napari's
+        #: worker also shows each as a warning notification
+        self.warnings: list[str] = []
 
     @property
     def running(self) -> bool:
@@ -140,7 +145,7 @@ class RunController(QObject):
             return False
         height, width = request.run_yx()
         request.output = output_for(request.output, (height * request.plane_count, width))
-        self.request, self.error = request, None
+        self.request, self.error, self.warnings = request, None, []
         if request.kind == "main":
             self.result = None
         worker = create_worker(
@@ -148,6 +153,7 @@ class RunController(QObject):
             **request.engine_kwargs(),
         )
         worker.yielded.connect(lambda event: self.progressed.emit(request, event))
+        worker.warned.connect(self._on_warned)
         worker.returned.connect(lambda result: self._on_returned(request, result))
         worker.errored.connect(lambda error: self._on_error(request, error))
         worker.finished.connect(lambda: self._on_finished(request))
@@ -189,6 +195,18 @@ class RunController(QObject):
     @property
     def cancelling(self) -> bool:
         return self.worker is not None and self.request is not None and self.request.cancel.is_set()
+
+    def _on_warned(self, shown: tuple) -> None:
+        """A value-range warning of the run (showwarning's message and category come first): kept, and shown as
+        a napari warning notification on every run (napari's own relay of worker warnings does not reach the
+        notification manager in this napari, and it would show a repeated warning only once a session)."""
+        from napari.utils.notifications import Notification, NotificationSeverity, notification_manager
+
+        from napari_ddunet.core.io.normalization import ValueRangeWarning
+
+        if issubclass(shown[1], ValueRangeWarning):
+            self.warnings.append(str(shown[0]))
+            notification_manager.dispatch(Notification(str(shown[0]), severity=NotificationSeverity.WARNING))
 
     def _on_returned(self, request: RunRequest, result: Any) -> None:
         self.last_result = result

@@ -407,6 +407,7 @@ class DDUNetWidget(QWidget):
             axes=axes,
             planes=planes,
             plane_count=int(np.prod([shape[i] for i in lead])),
+            normalization=self.form.normalization.value,
         )
 
     def run(self, *, kind: str = "main", region: tuple[int, int, int, int] | None = None) -> RunRequest | None:

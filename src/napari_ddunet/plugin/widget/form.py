@@ -16,6 +16,7 @@ from typing import Any
 
 from magicgui.widgets import FunctionGui
 from napari.layers import Image
+from qtpy.QtWidgets import QSizePolicy
 
 from napari_ddunet.core.inference.devices import available_devices
 from napari_ddunet.core.io.layout import trained_bands
@@ -25,7 +26,9 @@ NO_MODEL = "(choose a checkpoint)"
 #: The "Planes" choices of a stack (an image with t/z axes): every plane, or the one the viewer shows.
 WHOLE_STACK, CURRENT_PLANE = "whole stack", "current plane"
 #: Form fields that describe one image, not the user's preferences: never persisted.
-PER_IMAGE_FIELDS = frozenset({"image", "channel_axis", "bands", "output", "model", "grid"})
+PER_IMAGE_FIELDS = frozenset({"image", "channel_axis", "bands", "output", "model", "grid", "normalization"})
+#: The "Normalisation" choices (core/io/normalization.CHOICES): the checkpoint's mode, or an override.
+NORMALIZATIONS = ("checkpoint", "percentile", "dtype")
 #: The largest band index a picker entry takes (the engine names a band the image lacks).
 MAX_BAND = 1 << 16
 
@@ -61,6 +64,7 @@ def _ddunet_form(
     features: bool = True,
     current_view_only: bool = False,
     planes: str = WHOLE_STACK,
+    normalization: str = "checkpoint",
 ) -> None:
     """The form's fields; the dock widget reads them, nothing is called."""
 
@@ -77,7 +81,7 @@ def build_form(image_choices, bundled_names: list[str], defaults: PluginDefaults
         image={"label": "Image layer"},
         channel_axis={"widget_type": "ComboBox", "choices": [("none", None)], "label": "Channel axis",
                       "tooltip": "Axis of the image that holds channels (guessed; change it if wrong)"},
-        bands={"label": "Bands", "options": {"min": 0, "max": MAX_BAND},
+        bands={"label": "Bands", "options": {"min": 0, "max": MAX_BAND}, "scrollable": True,
                "tooltip": "Bands of the channel axis that feed the model, in this order (+ adds one)"},
         subdomain_size={"label": "Subdomain h x w", "options": {"min": 8, "max": 1 << 16, "step": 8},
                         "tooltip": "Subdomain height and width in pixels (multiples of 2**depth)"},
@@ -92,11 +96,18 @@ def build_form(image_choices, bundled_names: list[str], defaults: PluginDefaults
         planes={"widget_type": "ComboBox", "choices": [WHOLE_STACK, CURRENT_PLANE], "label": "Planes",
                 "tooltip": "A stack (t/z sliders): segment every plane, or only the one the viewer shows",
                 "visible": False},
+        normalization={"widget_type": "ComboBox", "choices": list(NORMALIZATIONS), "label": "Normalisation",
+                       "tooltip": "checkpoint: as the model was trained; percentile: this image's p1..p99 onto the "
+                                  "training data's (16-bit data into an 8-bit model); dtype: the dtype's range"},
     )
     options["memory_budget_mb"]["value"] = defaults.memory_budget_mb
     form = RunForm(_ddunet_form, call_button=False, persist=True, param_options=options)
     # napari's type registration for Image lists every image layer; ours leaves out derived ones.
     form.image.choices = image_choices
+    # Many bands (13 for Sentinel-2) scroll sideways inside the form instead of widening the dock.
+    picker = form.bands.root_native_widget
+    picker.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+    picker.setMinimumHeight(form.bands.native.sizeHint().height() + picker.horizontalScrollBar().sizeHint().height())
     return form
 
 
