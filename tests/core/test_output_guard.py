@@ -236,6 +236,18 @@ def test_a_locked_output_is_refused_and_untouched_until_its_holder_dies(model, t
     assert not lock_file(out).exists()
 
 
+def wait_until_stopped(pid: int, timeout_s: float = 30.0) -> None:
+    """Until the kernel reports every thread of ``pid`` stopped (state T in /proc)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = [Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                  for tid in os.listdir(f"/proc/{pid}/task")]
+        if all(state in "Tt" for state in states):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} did not stop within {timeout_s} s")
+
+
 def test_two_predict_processes_on_one_output(tmp_path, make_model, capsys):
     """A running predict (a subprocess) holds the lock: a second one (this process, any flags) gets one line,
     exit 2, and the first finishes its store intact (SIGSTOP keeps the first one mid-run meanwhile)."""
@@ -254,6 +266,7 @@ def test_two_predict_processes_on_one_output(tmp_path, make_model, capsys):
             time.sleep(0.005)
         first.send_signal(signal.SIGSTOP)
         assert first.poll() is None, "the first run ended before the second could start"
+        wait_until_stopped(first.pid)  # kill() returns before every thread of the process has stopped writing
         seen = digest(out)
         capsys.readouterr()
         for flags in ([], ["--overwrite"], ["--resume"]):
