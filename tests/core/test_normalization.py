@@ -80,6 +80,15 @@ def test_old_records_read_as_global_and_write_back_unchanged(tmp_path):
     assert loaded.to_dict()["p99"] == list(recorded.p99)
 
 
+def test_info_shows_what_the_model_was_trained_on(tmp_path, capsys):
+    from napari_ddunet.cli import main as cli
+
+    save_checkpoint(tmp_path / "m.pt", tiny_model(), normalization=trained_on(skimage.data.camera()[None]))
+    assert cli(["info", str(tmp_path / "m.pt")]) == 0
+    text = capsys.readouterr().out
+    assert "global: (x - mean) / std" in text and "uint8, p1..p99 per band 4..230" in text
+
+
 @pytest.mark.parametrize(("record", "match"), [
     ({"mode": "zscore"}, "mode 'zscore' is not one of global, percentile, dtype"),
     ({"dtype": "object"}, "not a numeric dtype"),

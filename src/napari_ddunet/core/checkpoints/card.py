@@ -166,8 +166,17 @@ def _data(card: ModelCard) -> Section:
     return Section("data", (
         Row("trained subdomain", "unknown" if size is None else f"{size[0]} x {size[1]} px"),
         Row("normalisation", "none (the network sees raw values)" if norm is None
-            else f"(x - mean) / std, mean {list(norm.mean)}, std {list(norm.std)}"),
+            else f"{norm.mode or 'global'}: (x - mean) / std, mean {list(norm.mean)}, std {list(norm.std)}"),
+        *_value_range(norm),
     ))
+
+
+def _value_range(norm: Normalization | None) -> tuple[Row, ...]:
+    """What the model was trained on (dtype, p1..p99 per band), where the checkpoint records it."""
+    if norm is None or norm.p1 is None or norm.p99 is None:
+        return ()
+    bands = ", ".join(f"{low:.4g}..{high:.4g}" for low, high in zip(norm.p1, norm.p99, strict=True))
+    return (Row("trained on", f"{norm.dtype or 'unknown dtype'}, p1..p99 per band {bands}"),)
 
 
 def _parameters(card: ModelCard) -> Section:
