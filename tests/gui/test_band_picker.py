@@ -31,8 +31,10 @@ def test_picker_follows_the_image_and_the_model(widget, checkpoint_factory, land
     form.image.value = viewer.layers["landsat"]
     assert form.channel_axis.value == 0 and shown(form, "bands")
     assert form.bands.value == [0, 1, 2] and form.bands.label == "Bands (0..9)"
-    assert widget.load_checkpoint(checkpoint_factory("s2.pt", in_channels=5, subdomain=(16, 16)))
-    assert form.bands.value == [0, 1, 2, 3, 4]                        # the new model's first bands
+    width = form.native.sizeHint().width()
+    assert widget.load_checkpoint(checkpoint_factory("s2.pt", in_channels=10, subdomain=(16, 16)))
+    assert form.bands.value == list(range(10))                        # the new model's first bands
+    assert form.native.sizeHint().width() == width                    # one band per row: the dock keeps its width
     form.channel_axis.value = None
     assert not shown(form, "bands")
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from magicgui.widgets import FunctionGui
 from napari.layers import Image
-from qtpy.QtWidgets import QSizePolicy
 
 from napari_ddunet.core.inference.devices import available_devices
 from napari_ddunet.core.io.layout import trained_bands
@@ -81,7 +80,8 @@ def build_form(image_choices, bundled_names: list[str], defaults: PluginDefaults
         image={"label": "Image layer"},
         channel_axis={"widget_type": "ComboBox", "choices": [("none", None)], "label": "Channel axis",
                       "tooltip": "Axis of the image that holds channels (guessed; change it if wrong)"},
-        bands={"label": "Bands", "options": {"min": 0, "max": MAX_BAND}, "scrollable": True,
+        # one band per row: a row of 13 (Sentinel-2) would widen the dock past most screens
+        bands={"label": "Bands", "options": {"min": 0, "max": MAX_BAND}, "layout": "vertical",
                "tooltip": "Bands of the channel axis that feed the model, in this order (+ adds one)"},
         subdomain_size={"label": "Subdomain h x w", "options": {"min": 8, "max": 1 << 16, "step": 8},
                         "tooltip": "Subdomain height and width in pixels (multiples of 2**depth)"},
@@ -104,10 +104,6 @@ def build_form(image_choices, bundled_names: list[str], defaults: PluginDefaults
     form = RunForm(_ddunet_form, call_button=False, persist=True, param_options=options)
     # napari's type registration for Image lists every image layer; ours leaves out derived ones.
     form.image.choices = image_choices
-    # Many bands (13 for Sentinel-2) scroll sideways inside the form instead of widening the dock.
-    picker = form.bands.root_native_widget
-    picker.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-    picker.setMinimumHeight(form.bands.native.sizeHint().height() + picker.horizontalScrollBar().sizeHint().height())
     return form
 
 
