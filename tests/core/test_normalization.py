@@ -327,3 +327,20 @@ def test_open_image_statistics_read_only_the_lattice(realdata_multiband_uint16: 
     red = tifffile.imread(realdata_multiband_uint16)[3]
     assert stats.dtype == "uint16" and stats.bands == 3
     assert (stats.p1[0], stats.p99[0]) == pytest.approx(lattice_percentiles(red), rel=1e-12)
+
+
+def test_a_stack_uses_one_set_of_percentiles_whichever_planes_run(percentile_net, realdata_zstack: Path):
+    stack = tifffile.imread(realdata_zstack)[20:25, :64, :96]           # 5 planes of the real uint16 nuclei
+    whole = np.asarray(segment(stack, percentile_net, subdomain_size=SUB, axes="ZYX"))
+    one = np.asarray(segment(stack, percentile_net, subdomain_size=SUB, axes="ZYX", planes=[3]))
+    np.testing.assert_array_equal(one[3], whole[3])
+    samples = [stack[i] for i in (0, 2, 4)]                              # first, middle, last plane
+    blocks = [p[y0:y1, x0:x1].ravel() for p in samples for y0, y1, x0, x1 in nz.lattice_boxes(p.shape)]
+    p1, p99 = np.percentile(np.concatenate(blocks), [1, 99])
+    import torch
+
+    logits = segment(stack, percentile_net, subdomain_size=SUB, axes="ZYX", planes=[3], logits=True,
+                     dtype=torch.float64, return_result=True).logits
+    ref = reference(percentile_net, stack[3].astype(np.float64), mean=(p1 + 0.4 * (p99 - p1),),
+                    std=(0.3 * (p99 - p1),))
+    np.testing.assert_allclose(np.asarray(logits)[3], ref["logits"], atol=1e-10)
