@@ -47,11 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def split_dataset(name: str, split: str, tile: tuple[int, int]):
+def split_dataset(name: str, split: str, tile: tuple[int, int], mode: str = "global"):
     """The fixed non-overlapping tiles of one split, and the task (for class names)."""
     if name != "bluemarble":
         raise EvaluationError(f"unknown dataset {name!r}")
-    task = datasets.bluemarble_task(tile, seed=0, augment=False)
+    task = datasets.bluemarble_task(tile, seed=0, augment=False, mode=mode)   # each image prescaled as in training
     return {"val": task.val, "test": task.test}[split], task
 
 
@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if sub[0] % step or sub[1] % step:
         raise EvaluationError(f"subdomains of {sub[0]}x{sub[1]} px are not multiples of the model's {step} px step")
     tic = time.perf_counter()
-    dataset, task = split_dataset(args.dataset, args.split, tile)
+    norm = model.info.normalization
+    dataset, task = split_dataset(args.dataset, args.split, tile, (norm.mode or "global") if norm else "global")
     result = evaluate(model, dataset, grid, task.class_names)
     exchange = bool(model.config.communicate and model.config.comm_features)
     entry = {"dataset": args.dataset, "split": args.split, "tile": list(tile), "grid": list(grid),
