@@ -19,6 +19,7 @@ from napari.layers import Image
 
 from napari_ddunet.core.inference.devices import available_devices
 from napari_ddunet.core.io.layout import trained_bands
+from napari_ddunet.core.io.normalization import CHOICES
 from napari_ddunet.plugin.settings import PluginDefaults
 
 NO_MODEL = "(choose a checkpoint)"
@@ -26,8 +27,6 @@ NO_MODEL = "(choose a checkpoint)"
 WHOLE_STACK, CURRENT_PLANE = "whole stack", "current plane"
 #: Form fields that describe one image, not the user's preferences: never persisted.
 PER_IMAGE_FIELDS = frozenset({"image", "channel_axis", "bands", "output", "model", "grid", "normalization"})
-#: The "Normalisation" choices (core/io/normalization.CHOICES): the checkpoint's mode, or an override.
-NORMALIZATIONS = ("checkpoint", "percentile", "dtype")
 #: The largest band index a picker entry takes (the engine names a band the image lacks).
 MAX_BAND = 1 << 16
 
@@ -96,7 +95,7 @@ def build_form(image_choices, bundled_names: list[str], defaults: PluginDefaults
         planes={"widget_type": "ComboBox", "choices": [WHOLE_STACK, CURRENT_PLANE], "label": "Planes",
                 "tooltip": "A stack (t/z sliders): segment every plane, or only the one the viewer shows",
                 "visible": False},
-        normalization={"widget_type": "ComboBox", "choices": list(NORMALIZATIONS), "label": "Normalisation",
+        normalization={"widget_type": "ComboBox", "choices": list(CHOICES), "label": "Normalisation",
                        "tooltip": "checkpoint: as the model was trained; percentile: this image's p1..p99 onto the "
                                   "training data's (16-bit data into an 8-bit model); dtype: the dtype's range"},
     )
