@@ -34,6 +34,7 @@ from napari_ddunet.core.checkpoints.format import (
 from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.inference.devices import resolve_devices
 from napari_ddunet.core.inference.process_group import destroy_process_group
+from napari_ddunet.core.io import normalization as value_ranges
 from napari_ddunet.core.network.config import ModelConfig
 from napari_ddunet.core.network.model import DDUNet
 from training import datasets, distributed, losses
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--channels", type=int, nargs="+", metavar="BAND",
                       help="image datasets: the bands to train on, by index and in this order, e.g. --channels 3 2 1 "
                            "(default: every band; any number)")
-    data.add_argument("--normalization", choices=("global", "percentile", "dtype"), default="global",
+    data.add_argument("--normalization", choices=value_ranges.MODES, default="global",
                       help="how images are scaled before the training set's mean/std (recorded; inference applies "
                            "it): global: raw values (paper 001); percentile: each image's p1..p99 to 0..1; dtype: "
                            "divided by the dtype's maximum (255, 65535)")
