@@ -57,7 +57,7 @@ def test_engine_runs_off_the_gui_thread_and_refreshes_are_coalesced(
     timer.setInterval(50)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     controller = widget.controller
-    controller.progressed.connect(lambda _request, e: writes.append(e.done) if e.phase == "write" else None)
+    controller.progressed.connect(lambda _request, e: writes.append(e.done) if e.region is not None else None)
     timer.start()
     started = time.perf_counter()
     assert widget.run() is not None

@@ -156,10 +156,11 @@ def _union(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int] | N
 def coalesce_events(events: Generator, interval: float = 0.1) -> Generator:
     """Pass an engine event generator through, yielding at most one event per ``interval`` seconds.
 
-    Every yield becomes a queued signal handled in the GUI thread; hundreds of per-subdomain events
-    in a burst would queue up and starve the event loop. Kept: the first event (it carries the
-    outputs), the last event of every phase, and the final one; skipped events' written regions
-    are merged into the bounding box of the next event passed on. Returns the engine's result.
+    Every yield becomes a queued signal handled in the GUI thread, and the GUI thread's time is taken
+    from the engine's cores: the phases alternate with every batch of subdomains, so passing each
+    phase's last event on sent 160 events a second (docs/benchmarks.md, bench --gui). Kept: the
+    first event (it carries the outputs) and the final one; skipped events' written regions are
+    merged into the bounding box of the next event passed on. Returns the engine's result.
     """
     pending = None
     last = 0.0
@@ -171,11 +172,7 @@ def coalesce_events(events: Generator, interval: float = 0.1) -> Generator:
                 yield pending
             return stop.value
         if pending is not None:
-            if pending.phase != event.phase:
-                yield pending
-                last = time.monotonic()
-            else:
-                event = dataclasses.replace(event, region=_union(pending.region, event.region))
+            event = dataclasses.replace(event, region=_union(pending.region, event.region))
             pending = None
         now = time.monotonic()
         if event.outputs is not None or event.phase in ("done", "cancelled") or now - last >= interval:

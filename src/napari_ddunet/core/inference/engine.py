@@ -117,7 +117,8 @@ def segment_iter(
         message = _describe(request, plan)
         # a resumed store whose record promised more than it holds says so before the run starts
         first = f"{message}; {sink.note}" if sink.note else message
-        yield ProgressEvent(Phase.PREPARE, scheduler.finished, scheduler.total, outputs=sink.outputs(), message=first)
+        yield ProgressEvent(Phase.PREPARE, scheduler.finished, scheduler.total, outputs=sink.outputs(), message=first,
+                            warnings=request.warnings)
         cancelled = yield from scheduler.run()
         if request.world > 1:
             cancelled = request.distributed.any(cancelled)

@@ -52,6 +52,7 @@ class ProgressEvent:
     region: tuple[int, int, int, int] | None = None
     message: str = ""
     plane: tuple[int, ...] | None = None   # a stack's plane (its leading indices) the event is about
+    warnings: tuple[str, ...] = ()         # on the first event: the run's value-range warnings (one line each)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phase", Phase(self.phase))   # a plain string becomes its Phase (or raises)

@@ -76,6 +76,7 @@ class SegmentRequest:
     open_plane: Callable[[Any], ImageSource] | None = None   # one plane as ``source`` is opened
     calibration: Calibration | None = None      # where the input lies in physical space (its axes by name)
     normalization: Applied | None = None        # the per-band (x - mean) / std above: its mode and image numbers
+    warnings: tuple[str, ...] = ()              # the value-range warnings raised for it, for the first event
 
     def for_plane(self, index: tuple[int, ...]) -> SegmentRequest:
         """This request on one plane of its stack: the same model, grid and output, that plane's pixels."""
@@ -159,7 +160,7 @@ def build_request(image: Any, model: Any, *, subdomain_size: tuple[int, int] | N
     mean, std = (None, None) if applied is None else (applied.offset, applied.scale)
     reads = read_locations(image, source.array, *opened.levels)
     path = _output_path(output, overwrite, resume, distributed, reads)
-    _warn_value_range(net, applied)
+    value_warnings = _warn_value_range(net, applied)
     r0, r1, c0, c1 = rect
     top, _, left, _ = plan.cropped_box(r0, c0)
     _, bottom, _, right = plan.cropped_box(r1 - 1, c1 - 1)
@@ -171,7 +172,7 @@ def build_request(image: Any, model: Any, *, subdomain_size: tuple[int, int] | N
     policy = OutputPolicy(path, resume, probabilities, logits, features, overwrite, reads)
     return SegmentRequest(net, source, plan, rect, device_list, dtype, budget, schedule, exchange, halo_rows,
                           mean, std, policy, distributed, stack, chosen, open_plane,
-                          _calibration(calibration, source if stack is None else opened), applied)
+                          _calibration(calibration, source if stack is None else opened), applied, value_warnings)
 
 
 def _calibration(given: Calibration | Mapping[str, Any] | None, image: Any) -> Calibration | None:
@@ -269,14 +270,17 @@ def _normalization(net: DDUNet, sampled: list[ImageSource], choice: str | None) 
     return value_ranges.resolve(norm, choice, value_ranges.image_statistics(sampled))
 
 
-def _warn_value_range(net: DDUNet, applied: Applied | None) -> None:
-    """A ValueRangeWarning (one line; the CLI prints it, napari's worker makes it a notification) when the input
-    lies far from the training data, and when the run overrides the trained mode."""
+def _warn_value_range(net: DDUNet, applied: Applied | None) -> tuple[str, ...]:
+    """A ValueRangeWarning (one line; the CLI prints it) when the input lies far from the training data, and
+    when the run overrides the trained mode; the lines are returned too, for the run's first progress event
+    (the GUI's notification: the warnings module's global state is no channel between threads)."""
     info = getattr(net, "info", None)
-    for line in (value_ranges.override_note(applied),
-                 value_ranges.compare(info.normalization if info is not None else None, applied)):
-        if line:
-            warnings.warn(line, value_ranges.ValueRangeWarning, stacklevel=4)
+    lines = tuple(line for line in (value_ranges.override_note(applied),
+                                    value_ranges.compare(info.normalization if info is not None else None, applied))
+                  if line)
+    for line in lines:
+        warnings.warn(line, value_ranges.ValueRangeWarning, stacklevel=4)
+    return lines
 
 
 def _output_path(output: str | Path | None, overwrite: bool, resume: bool, distributed: Any,

@@ -129,8 +129,8 @@ class RunController(QObject):
         self.result = None
         self.last_result = None
         self.error: BaseException | None = None
-        #: the run's warnings (a value range far from the training data's, raised before any work); napari's
-        #: worker also shows each as a warning notification
+        #: the run's warnings (a value range far from the training data's, found before any work), each also
+        #: shown as a warning notification
         self.warnings: list[str] = []
 
     @property
@@ -152,8 +152,7 @@ class RunController(QObject):
             _engine_events, request.image, request.model, _start_thread=False, _ignore_errors=True,
             **request.engine_kwargs(),
         )
-        worker.yielded.connect(lambda event: self.progressed.emit(request, event))
-        worker.warned.connect(self._on_warned)
+        worker.yielded.connect(lambda event: self._on_event(request, event))
         worker.returned.connect(lambda result: self._on_returned(request, result))
         worker.errored.connect(lambda error: self._on_error(request, error))
         worker.finished.connect(lambda: self._on_finished(request))
@@ -196,17 +195,16 @@ class RunController(QObject):
     def cancelling(self) -> bool:
         return self.worker is not None and self.request is not None and self.request.cancel.is_set()
 
-    def _on_warned(self, shown: tuple) -> None:
-        """A value-range warning of the run (showwarning's message and category come first): kept, and shown as
-        a napari warning notification on every run (napari's own relay of worker warnings does not reach the
-        notification manager in this napari, and it would show a repeated warning only once a session)."""
-        from napari.utils.notifications import Notification, NotificationSeverity, notification_manager
+    def _on_event(self, request: RunRequest, event: Any) -> None:
+        """Each value-range warning of the run (they come on its first event) is kept and shown as a napari
+        warning notification, on every run, before the event goes on to :attr:`progressed`."""
+        if event.warnings:
+            from napari.utils.notifications import Notification, NotificationSeverity, notification_manager
 
-        from napari_ddunet.core.io.normalization import ValueRangeWarning
-
-        if issubclass(shown[1], ValueRangeWarning):
-            self.warnings.append(str(shown[0]))
-            notification_manager.dispatch(Notification(str(shown[0]), severity=NotificationSeverity.WARNING))
+            for line in event.warnings:
+                self.warnings.append(line)
+                notification_manager.dispatch(Notification(line, severity=NotificationSeverity.WARNING))
+        self.progressed.emit(request, event)
 
     def _on_returned(self, request: RunRequest, result: Any) -> None:
         self.last_result = result
