@@ -129,3 +129,19 @@ def test_sample_layers_preselect_their_bundled_model(widget, checkpoint_factory,
     widget.load_checkpoint(other)
     viewer.add_image(np.zeros((8, 8), np.float32), name="another")  # the selected image stays: so does the model
     assert widget.checkpoint_path == other
+
+
+def test_loading_a_bundled_model_by_path_names_it_in_the_combo(make_napari_viewer, checkpoint_factory, tmp_path,
+                                                               monkeypatch):
+    """The demo loads its model by path: the Checkpoint combo then names it instead of '(choose a checkpoint)'."""
+    from napari_ddunet.plugin.widget import DDUNetWidget
+    from napari_ddunet.plugin.widget.form import NO_MODEL
+
+    models = tmp_path / "models"
+    models.mkdir()
+    path = checkpoint_factory("models/mine.pt")
+    other = checkpoint_factory("elsewhere.pt", seed=1)
+    monkeypatch.setenv("NAPARI_DDUNET_MODELS", str(models))
+    widget = DDUNetWidget(make_napari_viewer())
+    assert widget.load_checkpoint(path) and widget.form.model.value == "mine"
+    assert widget.load_checkpoint(other) and widget.form.model.value == NO_MODEL

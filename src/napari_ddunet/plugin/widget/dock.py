@@ -193,11 +193,20 @@ class DDUNetWidget(QWidget):
             self.form.subdomain_size.value = tuple(int(s) for s in model.info.subdomain_size)
         if self.form.checkpoint.value != self.checkpoint_path:
             self.form.checkpoint.value = self.checkpoint_path
+        self._show_model_name(self.checkpoint_path)
         self._guess_channel_axis()
         self._update_buttons()
         self._schedule_grid()
         self._prebuild_timer.start()
         return True
+
+    def _show_model_name(self, path: Path) -> None:
+        """The model combo names the bundled model a path loads (or says none is chosen), without reloading it."""
+        name = next((name for name, file in bundled_models().items() if Path(file).resolve() == path.resolve()),
+                    NO_MODEL)
+        if name in self.form.model.choices and self.form.model.value != name:
+            with self.form.model.changed.blocked():
+                self.form.model.value = name
 
     # -------------------------------------------------------------- image
     def _on_image_changed(self, *_: Any) -> None:
