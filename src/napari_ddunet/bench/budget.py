@@ -11,7 +11,6 @@ the store's creation and the full width (what grows with the image) are all paid
 from __future__ import annotations
 
 import multiprocessing as mp
-import queue as queue_module
 import shutil
 import threading
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_ddunet.bench.runners import _peak_rss, _proc_status, _reset_peak_rss
+from napari_ddunet.bench.runners import _peak_rss, _proc_status, _reset_peak_rss, run_in_child
 
 #: The tiny model of the table: depth 4 (a 256^2 subdomain has a 16^2 bottleneck), F = 4 exchanged channels.
 BUDGET_MODEL = {"in_channels": 1, "num_classes": 2, "depth": 4, "base_channels": 2, "comm_features": 4,
@@ -177,29 +176,7 @@ def _plan(image: Any, model: Any, case: Case):
 
 def measure(case: Case, workdir: Path, threads: int | None, timeout: float) -> Measurement:
     """One case in a fresh process; a crash or a timeout becomes an error row."""
-    context = mp.get_context("spawn")
-    out = context.Queue()
-    process = context.Process(target=_child, args=(case, str(workdir), threads, out), daemon=True)
-    process.start()
-    deadline = time.monotonic() + timeout
-    result: Measurement | None = None
-    while result is None:
-        try:
-            result = out.get(timeout=1.0)
-        except queue_module.Empty:
-            if not process.is_alive():
-                try:
-                    result = out.get(timeout=2.0)
-                except queue_module.Empty:
-                    result = Measurement(case, error=f"child exited with code {process.exitcode} (killed for memory?)")
-            elif time.monotonic() > deadline:
-                process.kill()
-                result = Measurement(case, error=f"no result within {timeout:.0f} s")
-    process.join(timeout=30)
-    if process.is_alive():
-        process.kill()
-        process.join()
-    return result
+    return run_in_child(_child, (case, str(workdir), threads), timeout, lambda reason: Measurement(case, error=reason))
 
 
 def run_table(workdir: Path, quick: bool, threads: int | None, timeout: float, log: Any = None) -> list[Measurement]:

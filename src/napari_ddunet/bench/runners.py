@@ -17,11 +17,14 @@ import resource
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+R = TypeVar("R")
 
 #: paper 001 Table V: RGB in, 3 classes, 16-32-64-128-256 channels, F = 64 communicated features.
 REFERENCE_CONFIG = {"in_channels": 3, "num_classes": 3, "depth": 4, "base_channels": 16, "comm_features": 64}
@@ -315,14 +318,16 @@ def _failed(spec: Spec, message: str | None) -> Result:
     return Result(spec.name, spec.kind, spec.size, spec.dtype, spec.devices, exact=exact, error=message)
 
 
-def run_isolated(spec: Spec, workdir: Path, timeout: float = 900.0) -> Result:
-    """Run one contender in a fresh ``spawn`` process; a crash or timeout becomes an error row."""
+def run_in_child(target: Callable[..., None], args: tuple, timeout: float, failed: Callable[[str], R]) -> R:
+    """Run ``target(*args, queue)`` in a fresh ``spawn`` process and return what it puts on the queue;
+    a crash or a timeout becomes ``failed(reason)``. Every bench case runs this way, so that one case's
+    memory and threads never count in another's numbers."""
     context = mp.get_context("spawn")
     out = context.Queue()
-    process = context.Process(target=_child, args=(spec, str(workdir), out), daemon=True)
+    process = context.Process(target=target, args=(*args, out), daemon=True)
     process.start()
     deadline = time.monotonic() + timeout
-    result: Result | None = None
+    result: R | None = None
     while result is None:
         try:
             result = out.get(timeout=1.0)
@@ -331,16 +336,21 @@ def run_isolated(spec: Spec, workdir: Path, timeout: float = 900.0) -> Result:
                 try:
                     result = out.get(timeout=2.0)
                 except queue_module.Empty:
-                    result = _failed(spec, f"child exited with code {process.exitcode} without a result "
-                                           "(killed for memory?)")
+                    result = failed(f"child exited with code {process.exitcode} without a result "
+                                    "(killed for memory?)")
             elif time.monotonic() > deadline:
                 process.kill()
-                result = _failed(spec, f"no result within {timeout:.0f} s")
+                result = failed(f"no result within {timeout:.0f} s")
     process.join(timeout=30)
     if process.is_alive():
         process.kill()
         process.join()
     return result
+
+
+def run_isolated(spec: Spec, workdir: Path, timeout: float = 900.0) -> Result:
+    """Run one contender in a fresh ``spawn`` process; a crash or timeout becomes an error row."""
+    return run_in_child(_child, (spec, str(workdir)), timeout, lambda reason: _failed(spec, reason))
 
 
 def default_threads() -> int:

@@ -171,13 +171,18 @@ def channel_labels(attrs: Mapping[str, Any]) -> list[str] | None:
     return [str(c.get("label", "")) if isinstance(c, Mapping) else "" for c in channels]
 
 
-def ome_xml_channel_names(xml: str) -> list[str] | None:
-    """The Channel Name attributes of OME-XML's first Pixels element (an OME-TIFF's band names), or None."""
+def _ome_xml_pixels(xml: str) -> ElementTree.Element | None:
+    """OME-XML's first Pixels element (None when the text is not XML or has none)."""
     try:
         root = ElementTree.fromstring(xml)
     except ElementTree.ParseError:
         return None
-    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    return next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+
+
+def ome_xml_channel_names(xml: str) -> list[str] | None:
+    """The Channel Name attributes of OME-XML's first Pixels element (an OME-TIFF's band names), or None."""
+    pixels = _ome_xml_pixels(xml)
     if pixels is None:
         return None
     names = [c.get("Name", "") for c in pixels if c.tag.rsplit("}", 1)[-1] == "Channel"]
@@ -232,11 +237,7 @@ def calibration(entry: Mapping[str, Any], dataset: int = 0) -> Calibration | Non
 def _ome_xml_calibration(xml: str, axes: Sequence[str]) -> Calibration | None:
     """PhysicalSizeX/Y/Z and their units from OME-XML's first Pixels element (OME's default unit is µm),
     and the first Plane's PositionX/Y as the origin."""
-    try:
-        root = ElementTree.fromstring(xml)
-    except ElementTree.ParseError:
-        return None
-    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    pixels = _ome_xml_pixels(xml)
     if pixels is None:
         return None
     plane = next((e for e in pixels if e.tag.rsplit("}", 1)[-1] == "Plane"), None)
