@@ -164,7 +164,8 @@ def build_request(image: Any, model: Any, *, subdomain_size: tuple[int, int] | N
     r0, r1, c0, c1 = rect
     top, _, left, _ = plan.cropped_box(r0, c0)
     _, bottom, _, right = plan.cropped_box(r1 - 1, c1 - 1)
-    _check_finite_planes(source, stack, chosen, open_plane, (top, bottom, left, right))
+    limit = None if dtype == torch.float64 else float(np.finfo(np.float32).max)
+    _check_finite_planes(source, stack, chosen, open_plane, (top, bottom, left, right), limit)
     check_readable(source, (top, bottom, left, right))
     exchange, halo_rows = _exchange(net, plan, communicate)
     if schedule == "streaming" and exchange:
@@ -204,14 +205,15 @@ def _with_stack_hint(message: str, opened: Any) -> str:
 
 
 def _check_finite_planes(source: ImageSource, stack: Stack | None, planes: tuple[tuple[int, ...], ...],
-                         open_plane: Callable[[Any], ImageSource], box: tuple[int, int, int, int]) -> None:
+                         open_plane: Callable[[Any], ImageSource], box: tuple[int, int, int, int],
+                         limit: float | None) -> None:
     """:func:`check_finite` over the pixels the run reads: of the image, or of every chosen plane of a stack."""
     if stack is None:
-        check_finite(source, box)
+        check_finite(source, box, limit)
         return
     for index in planes:
         try:
-            check_finite(open_plane(stack.plane(index)), box)
+            check_finite(open_plane(stack.plane(index)), box, limit)
         except InputError as error:
             raise InputError(f"plane {stack.label(index)}: {error}") from None
 

@@ -72,7 +72,19 @@ class OpenedImage:
 
 
 def _open_group(group: Any, where: str) -> OpenedImage:
-    """An OME-Zarr image group (0.4 or 0.5 metadata), or a plain group's array "0" or only array."""
+    """An OME-Zarr image group (0.4 or 0.5 metadata), or a plain group's array "0" or only array.
+
+    Metadata that does not follow the OME-Zarr schema (a datasets entry that is no list, a scale of
+    strings, ...) is one line naming the store, not a traceback from deep in the parsing."""
+    try:
+        return _open_group_unchecked(group, where)
+    except DDUNetError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        raise InputError(f"{where}: malformed OME-Zarr metadata ({type(error).__name__}: {error})") from None
+
+
+def _open_group_unchecked(group: Any, where: str) -> OpenedImage:
     entry = ome.multiscales(dict(group.attrs))
     if entry:
         levels = []
@@ -438,8 +450,11 @@ def check_readable(source: ImageSource, box: tuple[int, int, int, int] | None = 
             raise InputError(f"cannot decode {source.description} at (y={y}, x={x}): {_first_line(cause)}") from None
 
 
-def check_finite(source: ImageSource, box: tuple[int, int, int, int] | None = None) -> None:
-    """Raise :class:`InputError` naming how many pixels are NaN/inf and where the first one is.
+def check_finite(source: ImageSource, box: tuple[int, int, int, int] | None = None,
+                 limit: float | None = None) -> None:
+    """Raise :class:`InputError` naming how many pixels are NaN/inf and where the first one is; with ``limit``
+    (float32's largest value for a float32 run of float64 pixels) also the pixels beyond it, which the cast
+    to the compute dtype would turn into inf.
 
     Integer images cannot hold them and are not scanned; float images are scanned block by block,
     so the check costs one read of the pixels a run will use (``box`` = (y0, y1, x0, x1), default the
@@ -447,8 +462,9 @@ def check_finite(source: ImageSource, box: tuple[int, int, int, int] | None = No
     """
     if not np.issubdtype(source.dtype, np.floating):
         return
-    count = 0
+    count = beyond = 0
     first: tuple[int, int, int] | None = None
+    largest = 0.0
     for y0, x0, block in source.blocks(box=box):
         bad = ~np.isfinite(block)
         n = int(bad.sum())
@@ -457,9 +473,19 @@ def check_finite(source: ImageSource, box: tuple[int, int, int, int] | None = No
             here = (int(y0 + y), int(x0 + x), int(np.argmax(bad[:, y, x])))
             first = here if first is None else min(first, here)
             count += n
+        elif limit is not None:
+            magnitude = np.abs(block)
+            over = magnitude > limit
+            beyond += int(over.sum())
+            largest = max(largest, float(magnitude.max(initial=0.0)))
     if count:
         y, x, c = first
         raise InputError(
             f"image has {count} NaN/inf value{'s' if count != 1 else ''}; first at (y={y}, x={x}, channel {c}); "
             "replace or mask them before segmenting"
+        )
+    if beyond:
+        raise InputError(
+            f"image has {beyond} value{'s' if beyond != 1 else ''} beyond float32's range (up to {largest:.3g}); "
+            "compute in float64 (--float64, dtype=torch.float64) or rescale the image"
         )
