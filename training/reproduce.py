@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from napari_ddunet.core.checkpoints.format import read_checkpoint_info
+from training.train import OUTPUT_FILES
 
 #: Thesis Table 7.4 (2-subdomain synthetic task): "mean IoU", precision, recall, accuracy for the
 #: line class. The first column cannot be the line IoU (IoU <= min(precision, recall)); it matches
@@ -37,8 +38,9 @@ FULL = {"train": 4000, "val": 1000, "test": 1000, "epochs": 80, "min_epochs": 20
 QUICK = {"train": 600, "val": 200, "test": 200, "epochs": 6, "min_epochs": 6}
 
 
-def commands(output: Path, seed: int, sizes: dict[str, int], threads: int) -> dict[str, list[str]]:
-    """The exact ``training.train`` command line of every model."""
+def commands(output: Path, seed: int, sizes: dict[str, int], threads: int,
+             overwrite: bool = False) -> dict[str, list[str]]:
+    """The exact ``training.train`` command line of every model (``--overwrite`` replaces an earlier run's files)."""
     common = [
         "--dataset", "synthetic", "--subdomains", "2", "--subdomain-size", "32", "32",
         "--depth", "3", "--base-channels", "4", "--comm-features", "16",
@@ -47,7 +49,8 @@ def commands(output: Path, seed: int, sizes: dict[str, int], threads: int) -> di
         "--seed", str(seed), "--threads", str(threads),
     ]
     return {
-        name: [sys.executable, "-m", "training.train", *common, *extra, "--output", str(output / stem)]
+        name: [sys.executable, "-m", "training.train", *common, *extra, "--output", str(output / stem),
+               *(["--overwrite"] if overwrite else [])]
         for name, (stem, extra) in MODELS.items()
     }
 
@@ -139,12 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
     p.add_argument("--sequential", action="store_true", help="train one model after the other")
     p.add_argument("--table-only", action="store_true", help="print the table of an earlier run")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --output")
     p.add_argument("--export", type=Path, help="copy the checkpoints here and write RECIPES.md")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    cmds = commands(args.output, args.seed, sizes, args.threads)
+    cmds = commands(args.output, args.seed, sizes, args.threads, args.overwrite)
     tic = time.perf_counter()
     if not args.table_only:
+        earlier = [str(args.output / stem) for stem, _ in MODELS.values()
+                   if any((args.output / stem / name).exists() for name in OUTPUT_FILES)]
+        if earlier and not args.overwrite:
+            print(f"training.reproduce: error: {', '.join(earlier)} hold an earlier run's results; pass "
+                  "--overwrite to replace them, or --table-only to print their table", file=sys.stderr)
+            return 2
         run_all(cmds, args.output, args.sequential)
     text, results = table(args.output)
     (args.output / "table.md").write_text(text + "\n")
