@@ -36,7 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="cpu, cuda, cuda:N, mps or auto (several allowed; default auto, or the rank's GPU "
                              "under torchrun)")
     parser.add_argument("--memory-budget", default=None, metavar="SIZE",
-                        help="memory budget, e.g. 2GB or 512MiB; picks the schedule (default 2GB)")
+                        help="memory budget, e.g. 2GB or 512MiB: the run's memory stays within it (the schedule and "
+                             "every queue follow it; one that nothing fits is refused, naming the smallest; "
+                             "default 2GB)")
     parser.add_argument("--schedule", default=None, choices=("monolithic", "wavefront", "recompute", "streaming"),
                         help="force an exact schedule instead of choosing by the budget")
     parser.add_argument("--features", action="store_true",
