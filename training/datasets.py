@@ -322,15 +322,24 @@ def _load_sources(pairs: list[tuple[Path, Path]], channels: Sequence[int] | None
     return sources
 
 
-def _mask_range(mask) -> tuple[int, int]:
-    """Smallest and largest label of a mask (one pass over a zarr mask)."""
+def _mask_range(mask, ignore_index: int | None = None) -> tuple[int, int]:
+    """Smallest and largest label of a mask (one pass over a zarr mask), leaving out ``ignore_index``;
+    (0, -1) when every pixel is ignored."""
     if isinstance(mask, np.ndarray):
-        return int(mask.min()), int(mask.max())
+        if ignore_index is None:
+            return int(mask.min()), int(mask.max())
+        labels = mask[mask != ignore_index]
+        return (int(labels.min()), int(labels.max())) if labels.size else (0, -1)
     import dask.array as da
 
     array = da.from_zarr(mask)
-    low, high = da.compute(array.min(), array.max())
-    return int(low), int(high)
+    if ignore_index is None:
+        low, high = da.compute(array.min(), array.max())
+        return int(low), int(high)
+    array = array.astype(np.int64)
+    kept = array != ignore_index
+    low, high = da.compute(da.where(kept, array, np.iinfo(np.int64).max).min(), da.where(kept, array, -1).max())
+    return (0, -1) if low == np.iinfo(np.int64).max else (int(low), int(high))
 
 
 def _statistics(sources: list[Source], max_pixels: int = 4_000_000
@@ -375,6 +384,7 @@ def pairs_task(
     class_names: Sequence[str] | None = None,
     channels: Sequence[int] | None = None,
     mode: str = "global",
+    ignore_index: int | None = None,
 ) -> TaskData:
     """Image/mask pairs (``kind`` 'folder' for PNG/TIFF, 'zarr' for zarr stores).
 
@@ -382,6 +392,7 @@ def pairs_task(
     ``val/`` and ``test/`` folders that each hold them. ``channels`` picks bands by index, in that
     order (``--channels``); by default every band of every image, any number of them. ``mode`` prescales
     each image before the statistics (``--normalization``, :mod:`napari_ddunet.core.io.normalization`).
+    Mask pixels equal to ``ignore_index`` (``--ignore-index``) are not labels: the range check skips them.
     """
     root = Path(root)
     if not root.is_dir():
@@ -395,7 +406,8 @@ def pairs_task(
     if len(counts) != 1:
         raise DatasetError(f"{root}: images have different band counts {sorted(counts)}; choose the same bands "
                            "of each with --channels")
-    ranges = {path: _mask_range(src.mask) for s in split for (_, path), src in zip(split[s], sources[s], strict=True)}
+    ranges = {path: _mask_range(src.mask, ignore_index)
+              for s in split for (_, path), src in zip(split[s], sources[s], strict=True)}
     lowest = min(ranges, key=lambda path: ranges[path][0])
     if ranges[lowest][0] < 0:
         raise DatasetError(f"{lowest}: mask holds label {ranges[lowest][0]}; class labels are 0, 1, 2, ...")

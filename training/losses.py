@@ -4,6 +4,9 @@ The loss is a ratio of sums over every pixel of the batch. Splitting the batch (
 subdomains) across processes must not change it, so the per-rank code computes
 :func:`dice_sums`, the sums are all-reduced, and only then :func:`dice_from_sums` forms
 the ratio: the 2-rank loss and gradient equal the single-process ones.
+
+``ignore_index`` (``--ignore-index``, sparse masks): pixels with that label are left out of every
+sum, so they give neither loss nor gradient. It may lie outside 0..K-1 (e.g. 255).
 """
 
 from __future__ import annotations
@@ -15,13 +18,21 @@ DICE_FORMS = ("per-class", "eq1")
 EPSILON = 1e-7  # thesis sec. 7.1: smoothing constant of the dice loss
 
 
-def dice_sums(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(2, K) tensor: per-class sum of y*p and per-class sum of y + p over all pixels.
+def dice_sums(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
+    """(2, K) tensor: per-class sum of y*p and per-class sum of y + p over all (not ignored) pixels.
 
     ``logits`` (N, K, H, W), ``target`` (N, H, W) integer labels; p = softmax(logits).
     """
     probs = torch.softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=1)
-    onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    target = target.long()
+    if ignore_index is not None:
+        valid = target != ignore_index
+        probs = probs * valid.unsqueeze(1).to(probs.dtype)
+        target = torch.where(valid, target, torch.zeros_like(target))
+        onehot = F.one_hot(target, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+        onehot = onehot * valid.unsqueeze(1).to(probs.dtype)
+    else:
+        onehot = F.one_hot(target, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
     inter = (probs * onehot).sum(dim=(0, 2, 3))
     total = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
     return torch.stack([inter, total])
@@ -44,13 +55,19 @@ def dice_from_sums(sums: torch.Tensor, form: str = "per-class", eps: float = EPS
 
 
 def dice_loss(
-    logits: torch.Tensor, target: torch.Tensor, form: str = "per-class", eps: float = EPSILON
+    logits: torch.Tensor, target: torch.Tensor, form: str = "per-class", eps: float = EPSILON,
+    ignore_index: int | None = None,
 ) -> torch.Tensor:
     """Dice loss of a whole batch (sums over all its pixels before the ratio)."""
-    return dice_from_sums(dice_sums(logits, target), form, eps)
+    return dice_from_sums(dice_sums(logits, target, ignore_index), form, eps)
 
 
-def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Summed (not averaged) pixel cross entropy; divide by the global pixel count."""
+def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
+    """Summed (not averaged) pixel cross entropy; divide by the global count of (not ignored) pixels."""
     return F.cross_entropy(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits,
-                           target.long(), reduction="sum")
+                           target.long(), reduction="sum", ignore_index=-100 if ignore_index is None else ignore_index)
+
+
+def pixel_count(target: torch.Tensor, ignore_index: int | None = None) -> int:
+    """How many pixels of ``target`` count in the loss (all of them without ``ignore_index``)."""
+    return target.numel() if ignore_index is None else int((target != ignore_index).sum())

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "divided by the dtype's maximum (255, 65535)")
     data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                       help="random flips and rot90 (default: on for image datasets, off for synthetic)")
+    data.add_argument("--ignore-index", type=int, metavar="N",
+                      help="sparse masks: pixels labelled N count in neither loss nor metrics (e.g. 255, or 0 for "
+                           "napari's unlabelled)")
 
     model = p.add_argument_group("model (paper 001 notation DDU-Net(D, F, C))")
     model.add_argument("--depth", type=int, default=3, help="D: pooling steps of the subnetwork")
@@ -197,7 +200,8 @@ def _build_task(args: argparse.Namespace, grid: tuple[int, int], size: tuple[int
     if args.dataset == "bluemarble":
         return datasets.bluemarble_task(crop, args.seed, augment, args.samples_per_epoch, args.normalization)
     return datasets.pairs_task(args.data, args.dataset, crop, args.seed, augment, args.samples_per_epoch,
-                               args.num_classes, args.class_names, args.channels, args.normalization)
+                               args.num_classes, args.class_names, args.channels, args.normalization,
+                               args.ignore_index)
 
 
 def build_config(args: argparse.Namespace, task: datasets.TaskData) -> ModelConfig:
@@ -336,8 +340,9 @@ class Trainer:
 
     def loss_sums(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Dice sums and (optionally) the summed cross entropy, reduced over ranks when distributed."""
-        sums = losses.dice_sums(logits, target)
-        ce = losses.cross_entropy_sum(logits, target) if self.args.ce_weight > 0 else None
+        ignore = self.args.ignore_index
+        sums = losses.dice_sums(logits, target, ignore)
+        ce = losses.cross_entropy_sum(logits, target, ignore) if self.args.ce_weight > 0 else None
         if self.dist is not None:
             sums = self.dist.all_reduce(sums)
             ce = None if ce is None else self.dist.all_reduce(ce)
@@ -346,7 +351,7 @@ class Trainer:
     def loss(self, sums: torch.Tensor, ce: torch.Tensor | None, pixels: int) -> torch.Tensor:
         loss = losses.dice_from_sums(sums, self.args.dice)
         if ce is not None:
-            loss = loss + self.args.ce_weight * ce / pixels
+            loss = loss + self.args.ce_weight * ce / max(pixels, 1)  # max: a batch of only ignored pixels
         return loss
 
     def train_epoch(self, epoch: int) -> float:
@@ -358,7 +363,7 @@ class Trainer:
         for images, masks in batches(self.task.train, order, self.args.batch_size, self.args.workers):
             logits, target = self.logits_and_target(images, masks)
             sums, ce = self.loss_sums(logits, target)
-            loss = self.loss(sums, ce, masks.numel())
+            loss = self.loss(sums, ce, losses.pixel_count(masks, self.args.ignore_index))
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -382,7 +387,7 @@ class Trainer:
     def evaluate(self, dataset) -> dict[str, float]:
         """Dataset-level dice loss and the metrics of Eq. (2)-(3) (sums over all images first)."""
         self.model.eval()
-        confusion = ConfusionMatrix(self.config.num_classes)
+        confusion = ConfusionMatrix(self.config.num_classes, self.args.ignore_index)
         sums_total, ce_total, pixels = None, None, 0
         order = list(range(len(dataset)))
         for images, masks in batches(dataset, order, self.args.batch_size, self.args.workers):
@@ -390,7 +395,7 @@ class Trainer:
             sums, ce = self.loss_sums(logits, target)
             sums_total = sums if sums_total is None else sums_total + sums
             ce_total = ce if ce_total is None else ce_total + ce
-            pixels += masks.numel()
+            pixels += losses.pixel_count(masks, self.args.ignore_index)
             confusion.update(logits.argmax(1), target)
         if self.dist is not None:
             confusion.matrix = self.dist.all_reduce_counts(confusion.matrix)
