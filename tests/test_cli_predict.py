@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import signal
@@ -20,6 +19,7 @@ import zarr
 from napari_ddunet import DDUNet, ModelConfig, save_checkpoint
 from napari_ddunet.cli import main
 from napari_ddunet.core.inference.sink import open_output
+from store_digest import digest
 
 SUB = ["16", "24"]
 
@@ -50,13 +50,6 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "afile").write_text("not a folder")
     return {"root": root, "ckpt": ckpt, "npy": root / "img.npy", "tif": root / "img.tif", "image": image}
 
-
-def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(file.relative_to(path)).encode())
-        h.update(file.read_bytes())
-    return h.hexdigest()
 
 
 def test_predict_writes_ome_zarr(files, tmp_path, capsys):

@@ -3,7 +3,6 @@ output's exclusive lock, taken by real processes; overwrite deletes only under t
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import signal
@@ -31,18 +30,10 @@ from napari_ddunet.core.inference.output_guard import (
 )
 from napari_ddunet.core.inference.request import build_request
 from napari_ddunet.core.inference.sink import OutputError, open_output
+from store_digest import digest
 
 SUB = (16, 16)
 
-
-def digest(path: Path) -> str:
-    """Every file's name and bytes under ``path`` (or the file itself)."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        h.update(str(file).encode())
-        h.update(file.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture

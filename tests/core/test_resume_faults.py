@@ -4,7 +4,6 @@ resumed to the uninterrupted float64 result bit for bit or refused with one line
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -27,6 +26,7 @@ from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.inference.engine import segment, segment_iter
 from napari_ddunet.core.inference.fingerprint import sample_blocks
 from napari_ddunet.core.inference.sink import open_output
+from store_digest import digest
 
 GRID = 5 * 7
 SCHEDULES = ("monolithic", "wavefront", "recompute", "streaming")
@@ -56,14 +56,6 @@ def drive(events, callback=None, cancel=None):
 progress.drive = drive
 sys.exit(main(argv))
 """
-
-
-def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(file.relative_to(path)).encode())
-        h.update(file.read_bytes())
-    return h.hexdigest()
 
 
 def chunk(store: Path, name: str, r: int, c: int) -> Path:
