@@ -127,7 +127,6 @@ def _child(case: Case, workdir: str, threads: int | None, out: mp.Queue) -> None
         model = DDUNet(ModelConfig(**BUDGET_MODEL)).eval()
         image = zarr.open_array(str(image_path(Path(workdir), case.shape)), mode="r")
         output = Path(workdir) / f"budget_out_{case.shape[0]}x{case.shape[1]}_{case.budget}.zarr"
-        shutil.rmtree(output, ignore_errors=True)
         cols = -(-case.shape[1] // SUBDOMAIN)
         stop = None if case.rows is None else case.rows * cols
         cancel = threading.Event()
@@ -135,7 +134,7 @@ def _child(case: Case, workdir: str, threads: int | None, out: mp.Queue) -> None
         _reset_peak_rss()
         start = time.perf_counter()
         events = segment_iter(image, model, subdomain_size=(SUBDOMAIN, SUBDOMAIN), output=str(output),
-                              memory_budget=case.budget, cancel=cancel)
+                              memory_budget=case.budget, cancel=cancel, overwrite=output.exists())
         try:
             while True:
                 event = next(events)

@@ -236,13 +236,12 @@ def _run_engine(spec: Spec, model, image_store: Path, workdir: Path) -> tuple[An
 
     from napari_ddunet.core.inference.engine import segment
 
+    # overwrite replaces only an earlier bench run's store: anything else of that name in a --workdir is refused
     output = workdir / f"out_{_key(spec)}.zarr"
-    if output.exists():
-        shutil.rmtree(output)
     dtype = torch.bfloat16 if spec.dtype == "bf16" else torch.float32
     result = segment(str(image_store), model, subdomain_size=(spec.subdomain, spec.subdomain),
                      devices=list(spec.devices), output=str(output), channel_axis=0, dtype=dtype,
-                     return_result=True, **spec.options)
+                     return_result=True, overwrite=output.exists(), **spec.options)
     return result.labels, result.schedule
 
 

@@ -164,7 +164,9 @@ def build_request(image: Any, model: Any, *, subdomain_size: tuple[int, int] | N
     r0, r1, c0, c1 = rect
     top, _, left, _ = plan.cropped_box(r0, c0)
     _, bottom, _, right = plan.cropped_box(r1 - 1, c1 - 1)
-    limit = None if dtype == torch.float64 else float(np.finfo(np.float32).max)
+    # only pixels wider than float32 can overflow the float32 cast (a float32 image is scanned for NaN/inf alone)
+    wide = np.issubdtype(source.dtype, np.floating) and np.dtype(source.dtype).itemsize > 4
+    limit = float(np.finfo(np.float32).max) if wide and dtype != torch.float64 else None
     _check_finite_planes(source, stack, chosen, open_plane, (top, bottom, left, right), limit)
     check_readable(source, (top, bottom, left, right))
     exchange, halo_rows = _exchange(net, plan, communicate)
