@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import enum
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Callable, Generator
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +43,39 @@ from napari_ddunet.core.network.model import DDUNet
 from training import datasets, distributed, losses
 from training.metrics import ConfusionMatrix
 
-DATASETS = ("synthetic", "folder", "zarr", "bluemarble")
+DATASETS = ("synthetic", "folder", "zarr", "bluemarble", "bluemarble-lakes")
 #: What a run writes into --output, and all that --overwrite may replace there.
 OUTPUT_FILES = ("best.pt", "last.pt", "metrics.csv", "curves.png", "summary.json")
 
 
 class TrainingError(DDUNetError):
     """Bad training options (one line for the user)."""
+
+
+class TrainingPhase(enum.Enum):
+    """Where a run stands; every front end (CLI, napari panel, notebook) sees the same events."""
+
+    PREPARING = "preparing"
+    BATCH = "batch"
+    EPOCH = "epoch"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class TrainingEvent:
+    """One step of a run: a batch done, an epoch written (its files exist), or the run finished."""
+
+    phase: TrainingPhase
+    epoch: int            # epochs completed so far (0 while the first runs)
+    epochs: int           # the run's epoch cap
+    batch: int            # batches done in the current epoch
+    batches: int          # batches per epoch
+    train_loss: float | None = None   # the epoch's loss (EPOCH), its running mean (BATCH)
+    val_loss: float | None = None
+    val_miou: float | None = None     # painted classes only: an ignored class is out of the mean
+    best_epoch: int | None = None     # 1-based epoch of best.pt so far
+    best_checkpoint: Path | None = None
+    history: tuple[dict, ...] = ()    # the metrics.csv rows so far
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -83,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "divided by the dtype's maximum (255, 65535)")
     data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                       help="random flips and rot90 (default: on for image datasets, off for synthetic)")
+    data.add_argument("--lake-share", type=float, default=0.0, metavar="P",
+                      help="bluemarble-lakes: this share of training crops holds a lake pixel (rare-class sampling)")
     data.add_argument("--ignore-index", type=int, metavar="N",
                       help="sparse masks: pixels labelled N count in neither loss nor metrics (e.g. 255, or 0 for "
                            "napari's unlabelled)")
@@ -199,6 +230,10 @@ def _build_task(args: argparse.Namespace, grid: tuple[int, int], size: tuple[int
                                        args.normalization)
     if args.dataset == "bluemarble":
         return datasets.bluemarble_task(crop, args.seed, augment, args.samples_per_epoch, args.normalization)
+    if args.dataset == "bluemarble-lakes":
+        from training.lakes import lakes_task
+
+        return lakes_task(crop, args.seed, augment, args.samples_per_epoch, args.normalization, args.lake_share)
     return datasets.pairs_task(args.data, args.dataset, crop, args.seed, augment, args.samples_per_epoch,
                                args.num_classes, args.class_names, args.channels, args.normalization,
                                args.ignore_index)
@@ -354,13 +389,21 @@ class Trainer:
             loss = loss + self.args.ce_weight * ce / max(pixels, 1)  # max: a batch of only ignored pixels
         return loss
 
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.task.train) / self.args.batch_size)
+
     def train_epoch(self, epoch: int) -> float:
+        return drain(self.train_epoch_iter(epoch))
+
+    def train_epoch_iter(self, epoch: int) -> Generator[tuple[int, float], None, float]:
+        """One epoch; yields (batches done, running mean loss) after every batch, returns the mean loss."""
         self.model.train()
         torch.manual_seed(epoch_seed(self.args.seed, epoch))
         datasets.set_epoch(self.task.train, epoch)
         order = epoch_order(len(self.task.train), self.args.seed, epoch)
         total, count = 0.0, 0
-        for images, masks in batches(self.task.train, order, self.args.batch_size, self.args.workers):
+        steps = batches(self.task.train, order, self.args.batch_size, self.args.workers)
+        for done, (images, masks) in enumerate(steps, start=1):
             logits, target = self.logits_and_target(images, masks)
             sums, ce = self.loss_sums(logits, target)
             loss = self.loss(sums, ce, losses.pixel_count(masks, self.args.ignore_index))
@@ -381,6 +424,7 @@ class Trainer:
                 self.optimizer.step()
             total += float(loss.detach()) * len(images)
             count += len(images)
+            yield done, total / count
         return total / count
 
     @torch.no_grad()
@@ -429,20 +473,47 @@ def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}_{k}": v for k, v in values.items()}
 
 
+def drain(events: Generator[Any, None, Any], on_event: Callable[[Any], None] | None = None) -> Any:
+    """Run a generator to its end, passing each item to ``on_event``; returns the generator's value."""
+    while True:
+        try:
+            item = next(events)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(item)
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run a whole training; returns the test metrics of the best checkpoint."""
+    return drain(train_iter(args))
+
+
+def train_iter(args: argparse.Namespace, task: datasets.TaskData | None = None, config: ModelConfig | None = None,
+               weights: dict[str, torch.Tensor] | None = None) -> Generator[TrainingEvent, None, dict[str, Any]]:
+    """The one training loop (CLI and :mod:`training.session`): yields a BATCH event after every batch, an
+    EPOCH event once the epoch's files are written, FINISHED after the test step; returns the test metrics.
+
+    ``task`` replaces the dataset the options name (in-memory arrays), ``config`` the options' network and
+    ``weights`` its initial parameters (fine-tuning). Closing the generator stops the run between two batches:
+    best.pt and last.pt are then those of the last finished epoch.
+    """
     check_args(args)
     last = args.output / "last.pt"
     resumed = read_training_checkpoint(last) if args.resume else None  # a damaged file: one line, before the data
     if args.threads:
         torch.set_num_threads(args.threads)
     grid, size = resolve_geometry(args)
-    task = build_task(args, grid, size)
-    config = build_config(args, task)
+    if task is None:
+        task = build_task(args, grid, size)
+    if config is None:
+        config = build_config(args, task)
     if resumed is not None:
         check_same_model(last, resumed[0], config)
     torch.manual_seed(args.seed)
     trainer = Trainer(args, task, config, grid, size)
+    if weights is not None and resumed is None:
+        trainer.model.load_state_dict(weights)
     writer = trainer.rank == 0
     out = args.output
     if writer:
@@ -455,10 +526,24 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     log = (lambda *a: None) if args.quiet or not writer else (lambda *a: print(*a, flush=True))
     log(f"{config.notation} on a {trainer.grid[0]}x{trainer.grid[1]} grid of {trainer.subdomain[0]}x"
         f"{trainer.subdomain[1]} subdomains, {len(task.train)} training samples, {args.epochs} epochs max")
+    per_epoch = trainer.batches_per_epoch()
+
+    def event(phase: TrainingPhase, epoch: int, batch: int, **values: Any) -> TrainingEvent:
+        best = (best_epoch + 1, out / "best.pt") if best_epoch >= 0 else (None, None)
+        return TrainingEvent(phase, epoch, args.epochs, batch, per_epoch, best_epoch=best[0], best_checkpoint=best[1],
+                             history=tuple(dict(row) for row in history), **values)
+
     stopped, earlier = False, args.overwrite
     for epoch in range(start, args.epochs):
         tic = time.perf_counter()
-        train_loss = trainer.train_epoch(epoch)
+        steps = trainer.train_epoch_iter(epoch)
+        while True:
+            try:
+                done, running = next(steps)
+            except StopIteration as stop:
+                train_loss = stop.value
+                break
+            yield event(TrainingPhase.BATCH, epoch, done, train_loss=running)
         val = trainer.evaluate(task.val)
         lr = trainer.optimizer.param_groups[0]["lr"]
         trainer.scheduler.step(val["loss"])
@@ -487,10 +572,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             plot_curves(history, out / "curves.png", config.notation)
         log(f"epoch {epoch + 1:3d}  train {train_loss:.4f}  val {val['loss']:.4f}  mIoU {val['miou']:.4f}  "
             f"lr {lr:.2e}  {row['seconds']:.1f}s" + ("  *" if improved else ""))
+        yield event(TrainingPhase.EPOCH, epoch + 1, per_epoch, train_loss=train_loss, val_loss=val["loss"],
+                    val_miou=val["miou"])
         if stopped:
             log(f"early stop: no better validation loss for {args.patience} epochs")
             break
-    return finish(trainer, args, out, training_args, best_epoch, writer, log)
+    metrics = finish(trainer, args, out, training_args, best_epoch, writer, log)
+    epochs_run = len(history)
+    final = history[-1] if history else {}
+    yield event(TrainingPhase.FINISHED, epochs_run, per_epoch, train_loss=final.get("train_loss"),
+                val_loss=final.get("val_loss"), val_miou=final.get("val_miou"))
+    return metrics
 
 
 def check_same_model(last: Path, info: CheckpointInfo, config: ModelConfig) -> None:

@@ -115,13 +115,13 @@ def test_resume_from_a_damaged_last_pt_is_one_line(earlier, capsys):
 def test_resume_continues_the_random_stream(tmp_path, monkeypatch):
     """The torch RNG at the start of epoch 2 is the same whether the run was resumed after epoch 1 or not."""
     seen: dict[str, list[torch.Tensor]] = {}
-    original = train.Trainer.train_epoch
+    original = train.Trainer.train_epoch_iter
 
     def recording(self, epoch):
         seen.setdefault(str(self.args.output), []).append(torch.get_rng_state())
         return original(self, epoch)
 
-    monkeypatch.setattr(train.Trainer, "train_epoch", recording)
+    monkeypatch.setattr(train.Trainer, "train_epoch_iter", recording)
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert _run(straight, "--epochs", "2") == 0
     assert _run(split, "--epochs", "1") == 0
