@@ -26,6 +26,7 @@ from napari_ddunet.core.io.layout import infer_channel_axis, yx_axes
 from napari_ddunet.plugin import settings as _settings
 from napari_ddunet.plugin.grid_layer import GRID_LAYER_NAME, grid_shape, remove_grid_layers, update_grid_layer
 from napari_ddunet.plugin.live import expects_multiscale, visible_region
+from napari_ddunet.plugin.trained_models import trained_models
 from napari_ddunet.plugin.widget import results
 from napari_ddunet.plugin.widget.controller import IN_MEMORY_PIXELS, RunController, RunRequest
 from napari_ddunet.plugin.widget.form import CURRENT_PLANE, NO_MODEL, build_form, show_bands
@@ -47,6 +48,16 @@ def _warm_up_layer_imports() -> None:
 def _cancel_pending(controller: RunController, *_: Any) -> None:
     """Stop a run whose widget is gone (the dock was closed or the viewer quit)."""
     controller.cancel()
+
+
+def _stop_listening(slot, *_: Any) -> None:
+    """A closed widget no longer hears of newly trained models."""
+    trained_models.added.disconnect(slot)
+
+
+def known_models() -> dict[str, Path]:
+    """The checkpoint list: the bundled models, then those trained in this session (training panel)."""
+    return {**bundled_models(), **trained_models.models()}
 
 
 def image_shape(layer) -> tuple[int, ...]:
@@ -73,7 +84,7 @@ class DDUNetWidget(QWidget):
         self._dirty = False
         self._image = None
         self._stacked = False   # the chosen layer has t/z planes (see stack_axes)
-        self.form = build_form(self._image_choices, list(bundled_models()), _settings.plugin_defaults())
+        self.form = build_form(self._image_choices, list(known_models()), _settings.plugin_defaults())
         self.card = Label(value="No checkpoint loaded.")
         self.card.native.setWordWrap(True)
         # A card with full provenance is long: it scrolls instead of stretching the dock off the screen.
@@ -103,6 +114,8 @@ class DDUNetWidget(QWidget):
         self.controller.failed.connect(self._on_error)
         self.controller.finished.connect(self._on_finished)
         self.destroyed.connect(functools.partial(_cancel_pending, self.controller))
+        trained_models.added.connect(self._on_model_trained)
+        self.destroyed.connect(functools.partial(_stop_listening, self._on_model_trained))
 
         self._grid_timer = QTimer(self, singleShot=True, interval=60)
         self._grid_timer.timeout.connect(self.draw_grid)
@@ -164,9 +177,18 @@ class DDUNetWidget(QWidget):
 
     # --------------------------------------------------------- checkpoint
     def _on_model_chosen(self, name: str) -> None:
-        bundled = bundled_models()
-        if name != NO_MODEL and name in bundled:
-            self.load_checkpoint(bundled[name])
+        models = known_models()
+        if name != NO_MODEL and name in models:
+            self.load_checkpoint(models[name])
+
+    def _on_model_trained(self, name: str, path: Path) -> None:
+        """A model the training panel just trained: listed, and loaded with its card unless a run is in flight."""
+        field = self.form.model
+        if name not in field.choices:
+            with field.changed.blocked():
+                field.choices = [*field.choices, name]
+        if not self.controller.running:
+            self.load_checkpoint(path)
 
     def _on_checkpoint_file(self, path: Path) -> None:
         if path and Path(path).is_file() and Path(path) != self.checkpoint_path:
@@ -202,7 +224,7 @@ class DDUNetWidget(QWidget):
 
     def _show_model_name(self, path: Path) -> None:
         """The model combo names the bundled model a path loads (or says none is chosen), without reloading it."""
-        name = next((name for name, file in bundled_models().items() if Path(file).resolve() == path.resolve()),
+        name = next((name for name, file in known_models().items() if Path(file).resolve() == path.resolve()),
                     NO_MODEL)
         if name in self.form.model.choices and self.form.model.value != name:
             with self.form.model.changed.blocked():
