@@ -136,6 +136,7 @@ class Source:
     image: object
     mask: object
     columns: tuple[int, int] | None = None  # restrict crops to these columns (Blue Marble regions)
+    rows: tuple[int, int] | None = None  # and to these rows (the Blue Marble lakes boxes)
     prescale: tuple[np.ndarray, np.ndarray] | None = None  # (a, b): the image is read as (x - a) / b per band
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -165,7 +166,8 @@ class Source:
         """(top, bottom, left, right) of the region crops may come from."""
         height, width = self.shape
         left, right = self.columns or (0, width)
-        return 0, height, left, right
+        top, bottom = self.rows or (0, height)
+        return top, bottom, left, right
 
 
 class CropDataset(Dataset):
@@ -210,6 +212,13 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return self.samples if self.train else len(self.tiles)
 
+    def draw(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        """A random training crop: (source index, top, left); subclasses may restrict or bias it."""
+        ch, cw = self.crop
+        k = int(rng.choice(len(self.sources), p=self.weights))
+        top, bottom, left, right = self.sources[k].extent
+        return k, int(rng.integers(top, bottom - ch + 1)), int(rng.integers(left, right - cw + 1))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(index)
@@ -217,10 +226,7 @@ class CropDataset(Dataset):
         rng = None
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            k = int(rng.choice(len(self.sources), p=self.weights))
-            top, bottom, left, right = self.sources[k].extent
-            y = int(rng.integers(top, bottom - ch + 1))
-            x = int(rng.integers(left, right - cw + 1))
+            k, y, x = self.draw(rng)
         else:
             k, y, x = self.tiles[index]
         source = self.sources[k]

@@ -35,7 +35,8 @@ class EvaluationError(DDUNetError):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("--dataset", choices=("bluemarble",), default="bluemarble")
+    p.add_argument("--dataset", choices=("bluemarble", "bluemarble-lakes"), default="bluemarble",
+                   help="bluemarble-lakes: the held-out boxes of training/lakes.py")
     p.add_argument("--split", choices=("val", "test"), default="test")
     p.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"), required=True, help="tile size in pixels")
     p.add_argument("--grid", type=int, nargs=2, metavar=("R", "C"), required=True,
@@ -49,9 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def split_dataset(name: str, split: str, tile: tuple[int, int], mode: str = "global"):
     """The fixed non-overlapping tiles of one split, and the task (for class names)."""
-    if name != "bluemarble":
+    if name == "bluemarble-lakes":
+        from training.lakes import lakes_task
+
+        task = lakes_task(tile, seed=0, augment=False, mode=mode)
+    elif name == "bluemarble":
+        task = datasets.bluemarble_task(tile, seed=0, augment=False, mode=mode)   # each image prescaled as in training
+    else:
         raise EvaluationError(f"unknown dataset {name!r}")
-    task = datasets.bluemarble_task(tile, seed=0, augment=False, mode=mode)   # each image prescaled as in training
     return {"val": task.val, "test": task.test}[split], task
 
 
@@ -59,9 +65,7 @@ def split_dataset(name: str, split: str, tile: tuple[int, int], mode: str = "glo
 def evaluate(model, dataset, grid: tuple[int, int], class_names: tuple[str, ...]) -> dict[str, Any]:
     """Dataset-level metrics of ``model`` on every tile of ``dataset`` split into ``grid`` subdomains."""
     info = model.info
-    norm = info.normalization
-    mean = torch.tensor(norm.mean if norm else (0.0,) * info.config.in_channels).view(1, -1, 1, 1)
-    std = torch.tensor(norm.std if norm else (1.0,) * info.config.in_channels).view(1, -1, 1, 1)
+    mean, std = normalizer(model)
     confusion = ConfusionMatrix(info.config.num_classes)
     per_tile = []
     for index in range(len(dataset)):
@@ -76,6 +80,15 @@ def evaluate(model, dataset, grid: tuple[int, int], class_names: tuple[str, ...]
     result["tiles"] = len(dataset)
     result["confusion_per_tile"] = per_tile
     return result
+
+
+def normalizer(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the checkpoint's global normalisation, shaped (1, C, 1, 1) (identity without a record)."""
+    info = model.info
+    norm = info.normalization
+    mean = torch.tensor(norm.mean if norm else (0.0,) * info.config.in_channels).view(1, -1, 1, 1)
+    std = torch.tensor(norm.std if norm else (1.0,) * info.config.in_channels).view(1, -1, 1, 1)
+    return mean, std
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -117,7 +130,7 @@ def without_communication(model):
 
 
 def _key(entry: dict[str, Any]) -> tuple:
-    return entry["split"], entry["tile"], entry["grid"], entry.get("communicate")
+    return entry.get("dataset", "bluemarble"), entry["split"], entry["tile"], entry["grid"], entry.get("communicate")
 
 
 def store(path: Path, entry: dict[str, Any]) -> None:

@@ -116,3 +116,49 @@ def split_regions(
     if start < width:
         train.append((start, width))
     return {"train": train, "val": [val_cols], "test": [test_cols]}
+
+
+# -- the lakes protocol (issue 13): held-out boxes where lake vs ocean needs context ----------------
+
+#: Test box (north, south, west, east degrees): the Black Sea, Caspian, Aral and Balkhash with the
+#: eastern Mediterranean, Red Sea, Persian Gulf and Arabian Sea (2 x 3 tiles of 384 px at 15 px/deg).
+LAKES_TEST_BOX = (60.0, 8.8, 20.0, 96.8)
+#: Validation box: Lakes Victoria, Tanganyika, Malawi and Turkana with the Indian Ocean coast (1 x 2 tiles).
+LAKES_VAL_BOX = (8.0, -17.6, 20.0, 71.2)
+#: Training crops keep this many pixels away from both boxes.
+LAKES_MARGIN = 48
+#: Kilometres per pixel of the 5400 x 2700 image along a meridian (Earth radius 6371 km).
+KM_PER_PIXEL = 6371.0 * np.pi / 2700
+
+
+def box_pixels(shape: tuple[int, int], box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) pixel rows and columns of a (north, south, west, east) box on a global image."""
+    north, south, west, east = box
+    if not (-90.0 <= south < north <= 90.0 and -180.0 <= west < east <= 180.0):
+        raise BlueMarbleError(f"a box is (north, south, west, east) inside the globe, got {box}")
+    height, width = shape
+    return (round((90.0 - north) / 180.0 * height), round((90.0 - south) / 180.0 * height),
+            round((west + 180.0) / 360.0 * width), round((east + 180.0) / 360.0 * width))
+
+
+def lakes_boxes(shape: tuple[int, int]) -> dict[str, tuple[int, int, int, int]]:
+    """The held-out boxes of the lakes protocol in pixels: {'val': ..., 'test': ...}."""
+    return {"val": box_pixels(shape, LAKES_VAL_BOX), "test": box_pixels(shape, LAKES_TEST_BOX)}
+
+
+def lakes_train_area(shape: tuple[int, int], margin: int = LAKES_MARGIN) -> np.ndarray:
+    """Boolean (H, W): the pixels a training crop may cover (outside both boxes grown by ``margin``)."""
+    area = np.ones(shape, bool)
+    for top, bottom, left, right in lakes_boxes(shape).values():
+        area[max(top - margin, 0):bottom + margin, max(left - margin, 0):right + margin] = False
+    return area
+
+
+def lakes_class_counts(mask: np.ndarray, margin: int = LAKES_MARGIN) -> dict[str, dict[str, int]]:
+    """Ocean / land / lake pixels of each split of the lakes protocol (train: every pixel crops may cover)."""
+    counts = {}
+    for split, (top, bottom, left, right) in lakes_boxes(mask.shape).items():
+        counts[split] = np.bincount(mask[top:bottom, left:right].ravel(), minlength=3)
+    counts["train"] = np.bincount(mask[lakes_train_area(mask.shape, margin)].ravel(), minlength=3)
+    return {split: dict(zip(CLASS_NAMES, map(int, counts[split]), strict=True))
+            for split in ("train", "val", "test")}
