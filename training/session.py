@@ -52,6 +52,7 @@ class TrainingRequest:
     samples_per_epoch: int | None = None
     devices: str = "cpu"
     seed: int = 0
+    threads: int | None = None          # torch CPU threads (process-wide; default: torch's choice)
     resume: bool = False
     overwrite: bool = False
 
@@ -94,6 +95,8 @@ def _options(request: TrainingRequest, fine_tune: CheckpointInfo | None) -> argp
         argv.append("--no-communication")
     if request.ignore_index is not None:
         argv += ["--ignore-index", str(request.ignore_index)]
+    if request.threads is not None:
+        argv += ["--threads", str(request.threads)]
     if request.samples_per_epoch is not None:
         argv += ["--samples-per-epoch", str(request.samples_per_epoch)]
     argv += ["--resume"] if request.resume else []
