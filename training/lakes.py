@@ -170,6 +170,18 @@ def protocol_runs(path: Path) -> list[tuple[str, Any, tuple[int, int]]]:
     return runs
 
 
+def evaluate_checkpoints(paths: list[Path], split: str = "test") -> dict[str, dict[str, Any]]:
+    """Every protocol run of every checkpoint on one held-out box, keyed by a label such as 'x (8x8)'."""
+    runs = [run for path in paths for run in protocol_runs(path)]
+    modes = {(m.info.normalization.mode or "global") if m.info.normalization else "global" for _, m, _ in runs}
+    if len(modes) != 1:
+        raise LakesError(f"the checkpoints were trained with different normalisations {sorted(modes)}")
+    task = lakes_task(TILE, seed=0, augment=False, mode=modes.pop())
+    dataset = {"val": task.val, "test": task.test}[split]
+    distance = shore_distance(np.asarray(dataset.sources[0].mask))
+    return {label: evaluate_lakes(model, dataset, grid, distance) for label, model, grid in runs}
+
+
 def plot_recall(results: dict[str, dict[str, Any]], path: Path) -> Path:
     """Lake recall against distance to the shore (px and km panels), one line per evaluated model."""
     import matplotlib
@@ -219,14 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise LakesError(f"{out} exists; name a new file")
         if args.threads:
             torch.set_num_threads(args.threads)
-        runs = [run for path in args.checkpoints for run in protocol_runs(path)]
-        modes = {(m.info.normalization.mode or "global") if m.info.normalization else "global" for _, m, _ in runs}
-        if len(modes) != 1:
-            raise LakesError(f"the checkpoints were trained with different normalisations {sorted(modes)}")
-        task = lakes_task(TILE, seed=0, augment=False, mode=modes.pop())
-        dataset = {"val": task.val, "test": task.test}[args.split]
-        distance = shore_distance(np.asarray(dataset.sources[0].mask))
-        results = {label: evaluate_lakes(model, dataset, grid, distance) for label, model, grid in runs}
+        results = evaluate_checkpoints(args.checkpoints, args.split)
     except DDUNetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -153,3 +153,22 @@ def test_evaluate_keeps_entries_of_both_datasets(tmp_path):
     assert [evaluate._key(e) for e in after] == [evaluate._key(e) for e in before] + [
         ("bluemarble-lakes", "test", [384, 384], [1, 1], False)]
     assert after[-1]["pixels_per_class"] == [161_594, 707_402, 15_740]
+
+
+def test_reproduce_recipe_trains_the_three_alike(tmp_path, capsys, monkeypatch):
+    """The three lakes runs differ only in the model flags; an earlier run's table is refused before training."""
+    from training import reproduce
+
+    cmds = reproduce.lakes_commands(tmp_path, 0, reproduce.LAKES_FULL, 1)
+    model_flags = {"--comm-features", "48", "--no-communication", "--baseline"}
+    shared = [[a for a in cmd[:cmd.index("--output")] if a not in model_flags] for cmd in cmds.values()]
+    assert shared[0] == shared[1] == shared[2]
+    assert "--lake-share" in shared[0] and shared[0][shared[0].index("--dataset") + 1] == "bluemarble-lakes"
+    parsed = train_cli.build_parser().parse_args(cmds["DDU-Net(3,48,N)"][3:])
+    assert parsed.lake_share == 0.5 and parsed.no_communication and parsed.comm_features == 48
+    (tmp_path / "lakes_recall.png").write_bytes(b"an earlier curve")
+    launched: list = []
+    monkeypatch.setattr(reproduce, "run_all", lambda *args: launched.append(args))
+    assert reproduce.main(["bluemarble-lakes", "--quick", "--output", str(tmp_path)]) == 2
+    assert "lakes_recall.png" in capsys.readouterr().err and launched == []
+    assert (tmp_path / "lakes_recall.png").read_bytes() == b"an earlier curve"
