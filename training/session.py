@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from napari_ddunet.core.checkpoints.format import CheckpointInfo, read_checkpoint_info
+from napari_ddunet.core.checkpoints.format import CheckpointInfo, _class_colors, read_checkpoint_info
 from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.network.config import ModelConfig
 from training import arrays, train
@@ -73,6 +73,7 @@ class _Plan:
     pairs: tuple[arrays.PaintedImage, ...]
     num_classes: int
     class_names: tuple[str, ...]
+    class_colors: tuple[tuple[float, float, float, float], ...] | None
     fine_tune: CheckpointInfo | None
 
 
@@ -160,9 +161,10 @@ def _plan(request: TrainingRequest) -> _Plan:
     if len(names) != num_classes:
         raise TrainingError(f"{len(names)} class names for {num_classes} classes (one per label value 0..."
                             f"{num_classes - 1})")
-    if request.class_colors is not None and len(request.class_colors) != num_classes:
-        raise TrainingError(f"{len(request.class_colors)} class colours for {num_classes} classes")
-    return _Plan(args, pairs, num_classes, names, fine_tune)
+    colors = None
+    if request.class_colors is not None:   # napari hands numpy rows: the checkpoint's rule on plain tuples
+        colors = _class_colors(tuple(tuple(float(v) for v in c) for c in request.class_colors), num_classes)
+    return _Plan(args, pairs, num_classes, tuple(str(n) for n in names), colors, fine_tune)
 
 
 def check_request(request: TrainingRequest) -> None:
@@ -197,7 +199,7 @@ def train_iter(request: TrainingRequest) -> Generator[TrainingEvent, None, Train
     grid, size = train.resolve_geometry(args)
     crop = (grid[0] * size[0], grid[1] * size[1])
     task = arrays.arrays_task(plan.pairs, crop, args.seed, plan.num_classes, plan.class_names,
-                              request.class_colors, request.ignore_index, args.samples_per_epoch)
+                              plan.class_colors, request.ignore_index, args.samples_per_epoch)
     config, weights = _config(plan, task)
     run = train.train_iter(args, task, config, weights)
     epochs_run = 0

@@ -19,7 +19,7 @@ from training.session import (
 
 from napari_ddunet import load_checkpoint, segment
 from napari_ddunet.core.checkpoints.format import read_checkpoint_info
-from training import train
+from training import arrays, datasets, train
 
 COLORS = ((0.0, 0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 1.0), (0.0, 1.0, 0.0, 1.0), (0.0, 0.0, 1.0, 1.0))
 #: The share of painted pixels the trained model must give back (it reaches 1.0 on this seed).
@@ -124,6 +124,21 @@ def test_fine_tune_starts_from_the_checkpoint(trained, tmp_path):
                                fine_tune=result.best_checkpoint))
 
 
+def test_training_crops_hold_painted_pixels_and_validation_covers_every_stroke():
+    _, labels = _painted()
+    sparse = np.zeros((200, 300), np.uint8)
+    sparse[150:153, 250:256] = labels[8:11, :6]   # one short stroke in a corner of a large image
+    big = np.zeros((200, 300), np.float32)
+    pair = arrays.read_pair(0, big, sparse, 0, 0)
+    task = arrays.arrays_task([pair], (32, 32), 0, 4, ("u", "a", "b", "c"), None, 0, 64)
+    for epoch in range(2):
+        datasets.set_epoch(task.train, epoch)
+        assert all((mask != 0).any() for _, mask in task.train)
+    tiles = [mask for _, mask in task.val]
+    assert sum(int((m != 0).sum()) for m in tiles) >= int((sparse != 0).sum()) and all((m != 0).any() for m in tiles)
+    assert len(task.train) == 64 and task.val is task.test
+
+
 def test_an_rgb_layer_trains_with_three_bands(tmp_path):
     image, labels = _painted()
     rgb = np.clip(np.stack([image, 2 - image, image / 2], axis=-1) * 100, 0, 255).astype(np.uint8)
@@ -144,6 +159,9 @@ def _bad(tmp_path, case: str) -> TrainingRequest:
         return _request(out, image, labels.astype(np.float32))
     if case == "names":
         return _request(out, image, labels, class_names=("a", "b"))
+    if case == "colours":
+        return _request(out, image, labels, class_colors=np.array([(0, 0, 0, 0), (1, 0, 0, 1), (0, 1, 0, 1),
+                                                                    (0, 0, 2, 1)]))
     if case == "too few classes":
         return _request(out, image, labels, num_classes=3)
     if case == "resume without a run":
@@ -153,6 +171,7 @@ def _bad(tmp_path, case: str) -> TrainingRequest:
 
 BAD = {"shapes": "but its labels are", "unpainted": "no pixel is painted", "small": "smaller than a 32x32",
        "float labels": "integer class labels", "names": "2 class names for 4 classes",
+       "colours": "outside",
        "too few classes": "label 3 is painted but there are 3 classes", "resume without a run": "does not exist",
        "devices": "cuda"}
 
