@@ -12,7 +12,7 @@ import pytest
 
 from napari_ddunet.plugin.trained_models import trained_models
 
-#: The share of painted stroke pixels the panel's model must give back (measured: see the test's message).
+#: The share of painted stroke pixels the panel's model must give back (measured 0.9995 with 6 epochs of 32 crops).
 STROKE_ACCURACY = 0.9
 #: Intensity of the three vertical bands of the synthetic image (classes 1, 2, 3).
 BANDS = (0.15, 0.5, 0.85)
@@ -63,7 +63,7 @@ def tiny_settings(panel, output) -> None:
     form = panel.form
     form.depth.value, form.base_channels.value, form.comm_features.value = 2, 4, 8
     form.grid.value, form.subdomain_size.value = (2, 2), (32, 32)
-    form.batch_size.value, form.samples_per_epoch.value = 4, 16
+    form.batch_size.value, form.samples_per_epoch.value = 4, 32
     form.learning_rate.value = 0.01
     form.output.value = output
 
@@ -132,7 +132,7 @@ def test_train_cancel_resume_then_segment_reproduces_the_strokes(panel, tmp_path
     viewer.add_labels(strokes, name="img strokes")
     output = tmp_path / "run"
     tiny_settings(panel, output)
-    panel.form.epochs.value = 4
+    panel.form.epochs.value = 6
 
     def cancel_after_first_epoch(_request, event):
         if event.phase.value == "epoch" and event.best_checkpoint is not None:
@@ -147,7 +147,7 @@ def test_train_cancel_resume_then_segment_reproduces_the_strokes(panel, tmp_path
     assert best.resolve() in trained_models.models().values()
     assert segmenter.checkpoint_path == best.resolve()
     cancelled_epochs = panel.controller.last_event.epoch
-    assert 1 <= cancelled_epochs < 4
+    assert 1 <= cancelled_epochs < 6
 
     result = panel.run_blocking(resume=True, timeout_s=120)
     assert result is not None and result.epochs_run > cancelled_epochs
