@@ -107,6 +107,7 @@ def _options(request: TrainingRequest, fine_tune: CheckpointInfo | None) -> argp
     except SystemExit:
         raise TrainingError(f"training options not understood: {' '.join(argv)}") from None
     args.dataset = "arrays"
+    args.augment = True   # what arrays.arrays_task does
     args.validation = arrays.VALIDATION
     args.fine_tune = None if request.fine_tune is None else str(request.fine_tune)
     args.images = [list(getattr(image, "shape", ())) for image in request.images]
@@ -164,7 +165,9 @@ def _plan(request: TrainingRequest) -> _Plan:
     colors = None
     if request.class_colors is not None:   # napari hands numpy rows: the checkpoint's rule on plain tuples
         colors = _class_colors(tuple(tuple(float(v) for v in c) for c in request.class_colors), num_classes)
-    return _Plan(args, pairs, num_classes, tuple(str(n) for n in names), colors, fine_tune)
+    names = tuple(str(n) for n in names)
+    args.num_classes, args.class_names = num_classes, list(names)   # the checkpoint's record of this run
+    return _Plan(args, pairs, num_classes, names, colors, fine_tune)
 
 
 def check_request(request: TrainingRequest) -> None:
