@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-import torch
-
-from napari_ddunet.core.checkpoints.format import CheckpointInfo, _class_colors, read_checkpoint_info
+from napari_ddunet.core.checkpoints.format import (
+    CheckpointInfo,
+    _class_colors,
+    read_checkpoint_info,
+    read_training_checkpoint,
+)
 from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.network.config import ModelConfig
 from training import arrays, train
@@ -71,7 +75,7 @@ class _Plan:
 
     args: argparse.Namespace
     pairs: tuple[arrays.PaintedImage, ...]
-    num_classes: int
+    config: ModelConfig
     class_names: tuple[str, ...]
     class_colors: tuple[tuple[float, float, float, float], ...] | None
     fine_tune: CheckpointInfo | None
@@ -167,7 +171,15 @@ def _plan(request: TrainingRequest) -> _Plan:
         colors = _class_colors(tuple(tuple(float(v) for v in c) for c in request.class_colors), num_classes)
     names = tuple(str(n) for n in names)
     args.num_classes, args.class_names = num_classes, list(names)   # the checkpoint's record of this run
-    return _Plan(args, pairs, num_classes, names, colors, fine_tune)
+    if fine_tune is not None:
+        config = replace(fine_tune.config, class_names=names)
+    else:
+        config = train.build_config(args, SimpleNamespace(in_channels=channels, num_classes=num_classes,
+                                                          class_names=names))
+    if request.resume:   # another network than last.pt's is one line now, not after the statistics pass
+        last = args.output / "last.pt"
+        train.check_same_model(last, read_training_checkpoint(last)[0], config)
+    return _Plan(args, pairs, config, names, colors, fine_tune)
 
 
 def check_request(request: TrainingRequest) -> None:
@@ -178,15 +190,6 @@ def check_request(request: TrainingRequest) -> None:
         raise
     except DDUNetError as error:
         raise TrainingError(str(error)) from None
-
-
-def _config(plan: _Plan, task) -> tuple[ModelConfig | None, dict[str, torch.Tensor] | None]:
-    if plan.fine_tune is None:
-        return None, None
-    from dataclasses import replace
-
-    _, weights = read_checkpoint_info(plan.args.fine_tune)
-    return replace(plan.fine_tune.config, class_names=task.class_names), weights
 
 
 def train_iter(request: TrainingRequest) -> Generator[TrainingEvent, None, TrainingResult]:
@@ -201,10 +204,10 @@ def train_iter(request: TrainingRequest) -> Generator[TrainingEvent, None, Train
     yield TrainingEvent(TrainingPhase.PREPARING, 0, args.epochs, 0, 0)
     grid, size = train.resolve_geometry(args)
     crop = (grid[0] * size[0], grid[1] * size[1])
-    task = arrays.arrays_task(plan.pairs, crop, args.seed, plan.num_classes, plan.class_names,
+    task = arrays.arrays_task(plan.pairs, crop, args.seed, plan.config.num_classes, plan.class_names,
                               plan.class_colors, request.ignore_index, args.samples_per_epoch)
-    config, weights = _config(plan, task)
-    run = train.train_iter(args, task, config, weights)
+    weights = None if plan.fine_tune is None else read_checkpoint_info(request.fine_tune)[1]
+    run = train.train_iter(args, task, plan.config, weights)
     epochs_run = 0
     try:
         while True:

@@ -103,6 +103,8 @@ def test_closing_the_generator_keeps_a_loadable_best_and_resume_continues(tmp_pa
     assert not (out / "summary.json").exists()
     with pytest.raises(TrainingError, match="already holds"):
         check_request(request)
+    with pytest.raises(TrainingError, match=r"holds DDU-Net\(2,8,Y\) with depth=2.* give depth=3"):
+        check_request(replace(request, resume=True, depth=3))
     events = []
     result = train_arrays(replace(request, resume=True), events.append)
     assert [e.epoch for e in events if e.phase is TrainingPhase.EPOCH] == [2, 3]
