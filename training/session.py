@@ -182,24 +182,24 @@ def _plan(request: TrainingRequest) -> _Plan:
     return _Plan(args, pairs, config, names, colors, fine_tune)
 
 
-def check_request(request: TrainingRequest) -> None:
-    """Raise the one-line :class:`TrainingError` a request deserves, before any work or file."""
+def _checked(request: TrainingRequest) -> _Plan:
+    """:func:`_plan`, every user mistake (a damaged checkpoint, an unknown device...) as a TrainingError."""
     try:
-        _plan(request)
+        return _plan(request)
     except TrainingError:
         raise
     except DDUNetError as error:
         raise TrainingError(str(error)) from None
+
+
+def check_request(request: TrainingRequest) -> None:
+    """Raise the one-line :class:`TrainingError` a request deserves, before any work or file."""
+    _checked(request)
 
 
 def train_iter(request: TrainingRequest) -> Generator[TrainingEvent, None, TrainingResult]:
     """Check the request, then yield the run's events; returns where best.pt and last.pt are."""
-    try:
-        plan = _plan(request)
-    except TrainingError:
-        raise
-    except DDUNetError as error:
-        raise TrainingError(str(error)) from None
+    plan = _checked(request)
     args = plan.args
     yield TrainingEvent(TrainingPhase.PREPARING, 0, args.epochs, 0, 0)
     grid, size = train.resolve_geometry(args)

@@ -166,6 +166,9 @@ def _bad(tmp_path, case: str) -> TrainingRequest:
                                                                     (0, 0, 2, 1)]))
     if case == "too few classes":
         return _request(out, image, labels, num_classes=3)
+    if case == "damaged fine-tune file":
+        (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+        return _request(out, image, labels, fine_tune=tmp_path / "model.pt")
     if case == "resume without a run":
         return _request(out, image, labels, resume=True)
     return _request(out, image, labels, devices="cuda:7")
@@ -175,6 +178,7 @@ BAD = {"shapes": "but its labels are", "unpainted": "no pixel is painted", "smal
        "float labels": "integer class labels", "names": "2 class names for 4 classes",
        "colours": "outside",
        "too few classes": "label 3 is painted but there are 3 classes", "resume without a run": "does not exist",
+       "damaged fine-tune file": "model.pt",
        "devices": "cuda"}
 
 
