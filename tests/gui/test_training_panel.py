@@ -73,9 +73,10 @@ def test_layers_pair_and_name_their_classes(panel):
     viewer.add_image(band_image(), name="img")
     assert [layer.name for layer in panel.form.images.value] == ["img"]
     viewer.add_labels(np.zeros((40, 40), np.uint8), name="other size")
+    viewer.add_labels(np.zeros((128, 192), np.uint8), name="img ground truth")
     features = pd.DataFrame({"index": [0, 1, 2, 3], "name": ["unlabelled", "dark", "grey", "bright"]})
     viewer.add_labels(band_strokes(), name="img strokes", features=features)
-    # the Labels layer of the image's size is paired, not the one added first
+    # the newest Labels layer of the image's size is paired (the strokes, not a ground truth added before)
     assert [layer.name for layer in panel.form.label_layers.value] == ["img strokes"]
     assert panel.form.pairs.value == "img <- img strokes"
     names, colors = panel.classes(viewer.layers["img strokes"], 4)

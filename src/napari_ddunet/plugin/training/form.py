@@ -94,8 +94,9 @@ def image_yx(layer) -> tuple[int, int]:
 
 
 def matching_labels(image, candidates: Sequence[Any]) -> Any | None:
-    """The Labels layer painted over ``image``: the same Y, X size, one named after the image first."""
-    same = [layer for layer in candidates if tuple(layer.data.shape) == tuple(image_yx(image))]
+    """The Labels layer painted over ``image``: the same Y, X size, one named after the image first, the
+    newest first (the strokes just painted, not a sample's ground truth added with the image)."""
+    same = [layer for layer in reversed(candidates) if tuple(layer.data.shape) == tuple(image_yx(image))]
     named = [layer for layer in same if layer.name.startswith(image.name)]
     return (named or same or [None])[0]
 
