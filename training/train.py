@@ -427,20 +427,26 @@ class Trainer:
             yield done, total / count
         return total / count
 
-    @torch.no_grad()
     def evaluate(self, dataset) -> dict[str, float]:
         """Dataset-level dice loss and the metrics of Eq. (2)-(3) (sums over all images first)."""
+        return drain(self.evaluate_iter(dataset))
+
+    @torch.no_grad()
+    def evaluate_iter(self, dataset) -> Generator[int, None, dict[str, float]]:
+        """:meth:`evaluate`, yielding the batches done after each (a large validation set stays cancellable)."""
         self.model.eval()
         confusion = ConfusionMatrix(self.config.num_classes, self.args.ignore_index)
         sums_total, ce_total, pixels = None, None, 0
         order = list(range(len(dataset)))
-        for images, masks in batches(dataset, order, self.args.batch_size, self.args.workers):
+        steps = batches(dataset, order, self.args.batch_size, self.args.workers)
+        for done, (images, masks) in enumerate(steps, start=1):
             logits, target = self.logits_and_target(images, masks)
             sums, ce = self.loss_sums(logits, target)
             sums_total = sums if sums_total is None else sums_total + sums
             ce_total = ce if ce_total is None else ce_total + ce
             pixels += losses.pixel_count(masks, self.args.ignore_index)
             confusion.update(logits.argmax(1), target)
+            yield done
         if self.dist is not None:
             confusion.matrix = self.dist.all_reduce_counts(confusion.matrix)
         result = {"loss": float(self.loss(sums_total, ce_total, pixels))}
@@ -482,6 +488,17 @@ def drain(events: Generator[Any, None, Any], on_event: Callable[[Any], None] | N
             return stop.value
         if on_event is not None:
             on_event(item)
+
+
+def _relay(steps: Generator[Any, None, Any], to_event: Callable[[Any], TrainingEvent]
+           ) -> Generator[TrainingEvent, None, Any]:
+    """Yield ``to_event(step)`` for every step of ``steps``; return its value."""
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield to_event(step)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -536,15 +553,10 @@ def train_iter(args: argparse.Namespace, task: datasets.TaskData | None = None, 
     stopped, earlier = False, args.overwrite
     for epoch in range(start, args.epochs):
         tic = time.perf_counter()
-        steps = trainer.train_epoch_iter(epoch)
-        while True:
-            try:
-                done, running = next(steps)
-            except StopIteration as stop:
-                train_loss = stop.value
-                break
-            yield event(TrainingPhase.BATCH, epoch, done, train_loss=running)
-        val = trainer.evaluate(task.val)
+        train_loss = yield from _relay(trainer.train_epoch_iter(epoch), lambda step, epoch=epoch: event(
+            TrainingPhase.BATCH, epoch, step[0], train_loss=step[1]))
+        val = yield from _relay(trainer.evaluate_iter(task.val), lambda _, epoch=epoch, loss=train_loss: event(
+            TrainingPhase.BATCH, epoch, per_epoch, train_loss=loss))   # validating: the bar stays full, Cancel works
         lr = trainer.optimizer.param_groups[0]["lr"]
         trainer.scheduler.step(val["loss"])
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **_prefixed("val", val),

@@ -82,8 +82,10 @@ def test_events_count_batches_and_epochs(trained):
     assert [e.epoch for e in epochs] == list(range(1, 11))
     assert [len(e.history) for e in epochs] == list(range(1, 11))
     batches = [e for e in events if e.phase is TrainingPhase.BATCH]
-    assert len(batches) == 10 * 8 and {e.batches for e in batches} == {8}   # 32 crops in batches of 4
-    assert [e.batch for e in batches[:8]] == list(range(1, 9)) and batches[0].epoch == 0
+    # 32 crops in batches of 4, then the 6 painted validation tiles in 2 batches (the bar stays full)
+    assert len(batches) == 10 * (8 + 2) and {e.batches for e in batches} == {8}
+    assert [e.batch for e in batches[:10]] == [*range(1, 9), 8, 8] and {e.epoch for e in batches[:10]} == {0}
+    assert batches[9].train_loss == epochs[0].train_loss
     assert all(e.val_miou is not None and e.train_loss is not None for e in epochs)
     best = epochs[-1]
     assert best.best_epoch == result.metrics["best_epoch"] and best.best_checkpoint == result.best_checkpoint
@@ -208,6 +210,6 @@ def test_the_cli_runs_the_same_loop(tmp_path):
         "--train-size", "4", "--val-size", "2", "--test-size", "2", "--batch-size", "2", "--epochs", "2",
         "--threads", "1", "--quiet"])
     events = list(train.train_iter(args))
-    assert [e.phase for e in events].count(TrainingPhase.BATCH) == 4
+    assert [e.phase for e in events].count(TrainingPhase.BATCH) == 2 * (2 + 1)   # 2 training, 1 validation batch
     assert [e.epoch for e in events if e.phase is TrainingPhase.EPOCH] == [1, 2]
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(train.OUTPUT_FILES)
