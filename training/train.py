@@ -5,7 +5,8 @@ at most 40 epochs, learning rate halved after 3 epochs without a lower validatio
 stopping after 8 such epochs but never before epoch 20, dropout 0.1, batch size 16, dice loss.
 ``--output DIR`` receives best.pt (lowest validation loss), last.pt (plus optimizer, scheduler
 and RNG state for ``--resume``), metrics.csv and curves.png. Under ``torchrun`` the subdomains
-of every image are split across the ranks (see training/distributed.py).
+of every image are split across the ranks (see training/distributed.py). ``train(args)`` drains
+:func:`train_iter`, the one epoch loop that the napari panel and notebooks run too (training/session.py).
 """
 
 from __future__ import annotations
