@@ -24,6 +24,7 @@ from napari_ddunet.core.checkpoints.format import (
     read_training_checkpoint,
 )
 from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.inference.progress import drive
 from napari_ddunet.core.network.config import ModelConfig
 from training import arrays, train
 from training.train import TrainingError, TrainingEvent, TrainingPhase
@@ -226,4 +227,4 @@ def train_iter(request: TrainingRequest) -> Generator[TrainingEvent, None, Train
 def train_arrays(request: TrainingRequest, on_event: Callable[[TrainingEvent], None] | None = None
                  ) -> TrainingResult:
     """Train to the end (a notebook's call); ``on_event`` sees every event."""
-    return train.drain(train_iter(request), on_event)
+    return drive(train_iter(request), on_event)

@@ -38,6 +38,7 @@ from napari_ddunet.core.checkpoints.format import (
 from napari_ddunet.core.errors import DDUNetError
 from napari_ddunet.core.inference.devices import resolve_devices
 from napari_ddunet.core.inference.process_group import destroy_process_group
+from napari_ddunet.core.inference.progress import drive
 from napari_ddunet.core.io import normalization as value_ranges
 from napari_ddunet.core.network.config import ModelConfig
 from napari_ddunet.core.network.model import DDUNet
@@ -394,7 +395,7 @@ class Trainer:
         return math.ceil(len(self.task.train) / self.args.batch_size)
 
     def train_epoch(self, epoch: int) -> float:
-        return drain(self.train_epoch_iter(epoch))
+        return drive(self.train_epoch_iter(epoch))
 
     def train_epoch_iter(self, epoch: int) -> Generator[tuple[int, float], None, float]:
         """One epoch; yields (batches done, running mean loss) after every batch, returns the mean loss."""
@@ -430,7 +431,7 @@ class Trainer:
 
     def evaluate(self, dataset) -> dict[str, float]:
         """Dataset-level dice loss and the metrics of Eq. (2)-(3) (sums over all images first)."""
-        return drain(self.evaluate_iter(dataset))
+        return drive(self.evaluate_iter(dataset))
 
     @torch.no_grad()
     def evaluate_iter(self, dataset) -> Generator[int, None, dict[str, float]]:
@@ -480,17 +481,6 @@ def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}_{k}": v for k, v in values.items()}
 
 
-def drain(events: Generator[Any, None, Any], on_event: Callable[[Any], None] | None = None) -> Any:
-    """Run a generator to its end, passing each item to ``on_event``; returns the generator's value."""
-    while True:
-        try:
-            item = next(events)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(item)
-
-
 def _relay(steps: Generator[Any, None, Any], to_event: Callable[[Any], TrainingEvent]
            ) -> Generator[TrainingEvent, None, Any]:
     """Yield ``to_event(step)`` for every step of ``steps``; return its value."""
@@ -504,7 +494,7 @@ def _relay(steps: Generator[Any, None, Any], to_event: Callable[[Any], TrainingE
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run a whole training; returns the test metrics of the best checkpoint."""
-    return drain(train_iter(args))
+    return drive(train_iter(args))
 
 
 def train_iter(args: argparse.Namespace, task: datasets.TaskData | None = None, config: ModelConfig | None = None,
