@@ -162,3 +162,12 @@ def test_train_cancel_resume_then_segment_reproduces_the_strokes(panel, tmp_path
     painted = strokes > 0
     accuracy = float((labels[painted] == strokes[painted]).mean())
     assert accuracy >= STROKE_ACCURACY, f"stroke accuracy {accuracy:.3f}"
+
+
+def test_the_panel_opens_from_the_plugin_menu(make_napari_viewer):
+    from napari_ddunet.plugin.training import TrainingWidget
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ddunet", "DDU-Net training")
+    assert isinstance(widget, TrainingWidget)
+    assert (widget.form.epochs.value, widget.form.learning_rate.value) == (40, 0.008)  # the paper's defaults
