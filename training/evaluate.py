@@ -1,6 +1,8 @@
 """Evaluate a checkpoint on the held-out split with a chosen subdomain grid (paper 001, V-B protocol).
 
 ``python -m training.evaluate CKPT --dataset bluemarble --tile 384 384 --grid 8 8 [--store]``
+(``--dataset bluemarble-lakes``: the held-out boxes of training/lakes.py, which also draws the
+distance-to-shore curve.)
 
 The split (test by default) is cut into non-overlapping tiles of ``--tile`` pixels; each tile
 goes through the model as one image split into ``--grid`` subdomains (DDU-Net: 8 x 8 subdomains
