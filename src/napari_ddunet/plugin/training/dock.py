@@ -116,7 +116,9 @@ class TrainingWidget(QWidget):
 
     def pairs(self) -> list[tuple[Any, Any]]:
         """(image layer, Labels layer) pairs in the viewer's order; raises DDUNetError when they do not pair."""
-        images, labels = list(self.form.images.value), list(self.form.label_layers.value)
+        # magicgui's Select lists a "-----" entry (None) before the layers
+        images = [layer for layer in self.form.images.value if layer is not None]
+        labels = [layer for layer in self.form.label_layers.value if layer is not None]
         if not images:
             raise DDUNetError("Choose at least one image layer to train on.")
         if len(labels) != len(images):
@@ -246,10 +248,13 @@ class TrainingWidget(QWidget):
         self.progress.max = max(int(event.batches), 1)
         self.progress.value = min(int(event.batch), self.progress.max)
         stopping = "cancelling... " if self.controller.cancelling else ""
-        epoch = f"epoch {min(event.epoch + 1, event.epochs)}/{event.epochs}"
+        if event.phase is TrainingPhase.BATCH:
+            where = f"epoch {min(event.epoch + 1, event.epochs)}/{event.epochs}, batch {event.batch}/{event.batches}"
+        else:
+            where = f"{event.phase.value}: {event.epoch}/{event.epochs} epochs done"
         loss = "" if event.train_loss is None else f", train loss {event.train_loss:.4f}"
         miou = "" if event.val_miou is None else f", val mIoU {event.val_miou:.3f}"
-        self.status.value = f"{stopping}{event.phase.value} {epoch}{loss}{miou}"
+        self.status.value = f"{stopping}{where}{loss}{miou}"
         if event.phase in (TrainingPhase.EPOCH, TrainingPhase.FINISHED):
             self.curves.show_history(event.history)
 
