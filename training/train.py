@@ -194,6 +194,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise TrainingError(f"--dataset {args.dataset} needs --data DIR")
     if args.channels is not None and args.dataset not in ("folder", "zarr"):
         raise TrainingError(f"--channels applies to --dataset folder or zarr, not {args.dataset}")
+    if args.lake_share and args.dataset != "bluemarble-lakes":
+        raise TrainingError(f"--lake-share applies to --dataset bluemarble-lakes, not {args.dataset}")
     if args.pretrained is not None and args.encoder != "resnet18":
         raise TrainingError("--pretrained only applies to --encoder resnet18")
     check_output(args)

@@ -88,6 +88,13 @@ def test_training_item_is_the_drawn_crop(task):
     train.augment = True
 
 
+def test_lake_share_on_another_dataset_is_refused(tmp_path, capsys):
+    """--lake-share only samples the lakes protocol: elsewhere it would be silently ignored."""
+    code = train_cli.main(["--dataset", "bluemarble", "--lake-share", "0.5", "--output", str(tmp_path / "o")])
+    assert code == 2 and not (tmp_path / "o").exists()
+    assert "--lake-share applies to --dataset bluemarble-lakes" in capsys.readouterr().err
+
+
 def test_bad_lake_share_is_one_line(tmp_path, capsys):
     code = train_cli.main(["--dataset", "bluemarble-lakes", "--lake-share", "1.5", "--output", str(tmp_path / "o")])
     assert code == 2
