@@ -150,9 +150,14 @@ def test_train_cancel_resume_then_segment_reproduces_the_strokes(panel, tmp_path
     cancelled_epochs = panel.controller.last_event.epoch
     assert 1 <= cancelled_epochs < 6
 
+    phases = []
+    panel.controller.progressed.connect(lambda _request, event: phases.append(event.phase.value))
+    draws = panel.curves.draws
     result = panel.run_blocking(resume=True, timeout_s=120)
     assert result is not None and result.epochs_run > cancelled_epochs
-    assert panel.curves.draws >= 2
+    # the curves redraw once per epoch (and once at the start), never per batch
+    redraws = phases.count("epoch") + phases.count("finished") + 1
+    assert phases.count("batch") > redraws and panel.curves.draws - draws == redraws
     name = next(name for name, path in trained_models.models().items() if path == result.best_checkpoint.resolve())
     assert name in segmenter.form.model.choices and segmenter.checkpoint_path == result.best_checkpoint.resolve()
     segmenter.form.image.value = viewer.layers["img"]
