@@ -176,3 +176,14 @@ def test_the_panel_opens_from_the_plugin_menu(make_napari_viewer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-ddunet", "DDU-Net training")
     assert isinstance(widget, TrainingWidget)
     assert (widget.form.epochs.value, widget.form.learning_rate.value) == (40, 0.008)  # the paper's defaults
+
+
+def test_a_checkpoint_file_is_fine_tuned(panel, checkpoint, tmp_path, errors):
+    viewer = panel.viewer
+    viewer.add_image(band_image(), name="img")
+    viewer.add_labels(np.minimum(band_strokes(), 2), name="strokes")  # the checkpoint's 3 classes
+    tiny_settings(panel, tmp_path / "run")
+    panel.form.fine_tune.value = checkpoint
+    request = panel.request()
+    assert request.fine_tune == checkpoint and request.num_classes == 3 and request.ignore_index == 0
+    assert errors == [] and not (tmp_path / "run").exists()
