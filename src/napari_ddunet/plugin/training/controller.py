@@ -10,11 +10,12 @@ the same path, waited for, for scripts and tests.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Generator
 from typing import Any
 
-from qtpy.QtCore import QCoreApplication, QObject, Signal
+from qtpy.QtCore import QObject, Signal
+
+from napari_ddunet.plugin.worker_runs import block_until_done, start_worker, wait_for_worker
 
 
 def training_events(request: Any, cancel: threading.Event) -> Generator[Any, None, Any]:
@@ -76,12 +77,7 @@ class TrainingController(QObject):
         self.cancel_event = threading.Event()
         worker = create_worker(training_events, request, self.cancel_event, _start_thread=False,
                                _ignore_errors=True)
-        worker.yielded.connect(lambda event: self._on_event(request, event))
-        worker.returned.connect(lambda result: self._on_returned(request, result))
-        worker.errored.connect(lambda error: self._on_error(request, error))
-        worker.finished.connect(lambda: self._on_finished(request))
-        self.worker = worker
-        worker.start()
+        start_worker(self, worker, request)
         self.started.emit(request)
         return True
 
@@ -92,21 +88,12 @@ class TrainingController(QObject):
         """
         if not self.run(request):
             raise RuntimeError("a training run is already in flight")
-        self.wait(timeout_s)
-        if self.worker is not None:
-            self.cancel()
-            self.wait(60.0)
-            raise TimeoutError(f"the training did not end within {timeout_s} s")
-        if self.error is not None:
-            raise self.error
+        block_until_done(self, timeout_s, "the training")
         return self.result
 
     def wait(self, timeout_s: float = 60.0) -> None:
         """Process Qt events until the run in flight ends or ``timeout_s`` passes."""
-        deadline = time.monotonic() + timeout_s
-        while self.worker is not None and time.monotonic() < deadline:
-            QCoreApplication.processEvents()
-            time.sleep(0.005)
+        wait_for_worker(self, timeout_s)
 
     def cancel(self) -> None:
         """Stop the trainer at its next event; best.pt of the last improved epoch is kept."""

@@ -13,14 +13,14 @@ import logging
 import shutil
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QCoreApplication, QObject, Signal
+from qtpy.QtCore import QObject, Signal
 
 from napari_ddunet.plugin.live import coalesce_events
+from napari_ddunet.plugin.worker_runs import block_until_done, start_worker, wait_for_worker
 
 logger = logging.getLogger(__name__)
 
@@ -152,14 +152,9 @@ class RunController(QObject):
             _engine_events, request.image, request.model, _start_thread=False, _ignore_errors=True,
             **request.engine_kwargs(),
         )
-        worker.yielded.connect(lambda event: self._on_event(request, event))
-        worker.returned.connect(lambda result: self._on_returned(request, result))
-        worker.errored.connect(lambda error: self._on_error(request, error))
-        worker.finished.connect(lambda: self._on_finished(request))
-        self.worker = worker
         # The engine starts first: the ~1 s napari needs to build the result layer in ``started``
         # then overlaps the run instead of delaying it (worker events queue behind that handler).
-        worker.start()
+        start_worker(self, worker, request)
         self.started.emit(request)
         return True
 
@@ -170,21 +165,12 @@ class RunController(QObject):
         """
         if not self.run(request):
             raise RuntimeError("a run is already in flight")
-        self.wait(timeout_s)
-        if self.worker is not None:
-            self.cancel()
-            self.wait(60.0)
-            raise TimeoutError(f"the run did not end within {timeout_s} s")
-        if self.error is not None:
-            raise self.error
+        block_until_done(self, timeout_s, "the run")
         return self.last_result
 
     def wait(self, timeout_s: float = 60.0) -> None:
         """Process Qt events until the run in flight ends or ``timeout_s`` passes."""
-        deadline = time.monotonic() + timeout_s
-        while self.worker is not None and time.monotonic() < deadline:
-            QCoreApplication.processEvents()
-            time.sleep(0.005)
+        wait_for_worker(self, timeout_s)
 
     def cancel(self) -> None:
         """Ask the engine to stop at its next batch; it returns a result marked cancelled."""
