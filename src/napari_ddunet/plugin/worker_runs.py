@@ -18,6 +18,7 @@ class Controller(Protocol):
     worker: Any
     error: BaseException | None
 
+    def run(self, request: Any) -> bool: ...
     def cancel(self) -> None: ...
     def _on_event(self, request: Any, event: Any) -> None: ...
     def _on_returned(self, request: Any, result: Any) -> None: ...
@@ -43,8 +44,14 @@ def wait_for_worker(controller: Controller, timeout_s: float = 60.0) -> None:
         time.sleep(0.005)
 
 
-def block_until_done(controller: Controller, timeout_s: float, what: str) -> None:
-    """Wait for the run in flight; raise its error, or TimeoutError (after cancelling) past ``timeout_s``."""
+def run_to_end(controller: Controller, request: Any, timeout_s: float, what: str) -> None:
+    """Start ``request`` and wait for it: ``run_blocking()``'s one rule.
+
+    Raises RuntimeError when a run is already in flight, the run's own error, or TimeoutError (after
+    cancelling) when it is still running at ``timeout_s``.
+    """
+    if not controller.run(request):
+        raise RuntimeError("a run is already in flight")
     wait_for_worker(controller, timeout_s)
     if controller.worker is not None:
         controller.cancel()

@@ -15,7 +15,7 @@ from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
-from napari_ddunet.plugin.worker_runs import block_until_done, start_worker, wait_for_worker
+from napari_ddunet.plugin.worker_runs import run_to_end, start_worker, wait_for_worker
 
 
 def training_events(request: Any, cancel: threading.Event) -> Generator[Any, None, Any]:
@@ -82,13 +82,8 @@ class TrainingController(QObject):
         return True
 
     def run_blocking(self, request: Any, timeout_s: float = 3600.0):
-        """:meth:`run` and wait (processing Qt events) for its end; the trainer's result (None: cancelled).
-
-        Raises the run's error, or TimeoutError (after cancelling) when it is still running at ``timeout_s``.
-        """
-        if not self.run(request):
-            raise RuntimeError("a training run is already in flight")
-        block_until_done(self, timeout_s, "the training")
+        """:meth:`run` and wait (processing Qt events) for its end; the trainer's result (None: cancelled)."""
+        run_to_end(self, request, timeout_s, "the training")
         return self.result
 
     def wait(self, timeout_s: float = 60.0) -> None:

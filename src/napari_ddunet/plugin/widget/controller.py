@@ -20,7 +20,7 @@ from typing import Any
 from qtpy.QtCore import QObject, Signal
 
 from napari_ddunet.plugin.live import coalesce_events
-from napari_ddunet.plugin.worker_runs import block_until_done, start_worker, wait_for_worker
+from napari_ddunet.plugin.worker_runs import run_to_end, start_worker, wait_for_worker
 
 logger = logging.getLogger(__name__)
 
@@ -159,13 +159,8 @@ class RunController(QObject):
         return True
 
     def run_blocking(self, request: RunRequest, timeout_s: float = 3600.0):
-        """:meth:`run` and wait (processing Qt events) for its end; returns the engine's result.
-
-        Raises the run's error, or TimeoutError (after cancelling) when it is still running at ``timeout_s``.
-        """
-        if not self.run(request):
-            raise RuntimeError("a run is already in flight")
-        block_until_done(self, timeout_s, "the run")
+        """:meth:`run` and wait (processing Qt events) for its end; returns the engine's result."""
+        run_to_end(self, request, timeout_s, "the run")
         return self.last_result
 
     def wait(self, timeout_s: float = 60.0) -> None:
