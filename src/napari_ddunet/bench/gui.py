@@ -40,6 +40,12 @@ class GuiReport:
     layer_refreshes: int
     engine_threads: list[str]
     machine: dict[str, Any] = field(default_factory=dict)
+    #: CPU seconds of the whole process during each half, and of the GUI thread (and of its layer
+    #: refreshes) during the widget's: where the widget's extra wall time goes on a machine without spare cores.
+    headless_cpu_s: float = 0.0
+    widget_cpu_s: float = 0.0
+    gui_thread_cpu_s: float = 0.0
+    refresh_s: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -67,12 +73,13 @@ def bluemarble_image(quick: bool) -> tuple[str, np.ndarray]:
     return "Blue Marble 2700x5400", image
 
 
-def _headless_seconds(image: np.ndarray, model: Any, request: dict[str, Any]) -> float:
+def _headless_seconds(image: np.ndarray, model: Any, request: dict[str, Any]) -> tuple[float, float]:
+    """Wall and process CPU seconds of one headless run."""
     from napari_ddunet.core.inference.engine import segment
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     segment(image, model, **request)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def _record_engine_threads(names: list[str]):
@@ -123,7 +130,7 @@ def measure(image: np.ndarray, name: str, checkpoint: str, devices: tuple[str, .
             request["memory_budget"] = budget_mib * 2**20
         model = load_checkpoint(checkpoint)
         _headless_seconds(image[:256, :256], model, {**request, "subdomain_size": None})  # warm-up
-        headless = _headless_seconds(image, model, request)
+        headless, headless_cpu = _headless_seconds(image, model, request)
 
         controller = widget.controller
         ticks: list[float] = []
@@ -139,12 +146,13 @@ def measure(image: np.ndarray, name: str, checkpoint: str, devices: tuple[str, .
             probe.start()
             for _ in range(5):
                 QCoreApplication.processEvents()
-            start = time.perf_counter()
+            start, cpu, gui_cpu = time.perf_counter(), time.process_time(), time.thread_time()
             if widget.run() is None:
                 raise RuntimeError("the widget did not start the run")
             click = time.perf_counter() - start
             controller.wait(timeout_s)
             elapsed = time.perf_counter() - start
+            widget_cpu, gui_cpu = time.process_time() - cpu, time.thread_time() - gui_cpu
             probe.stop()
         finally:
             engine.segment_iter = original
@@ -159,27 +167,33 @@ def measure(image: np.ndarray, name: str, checkpoint: str, devices: tuple[str, .
             image=name, shape=tuple(image.shape), checkpoint=str(checkpoint), devices=tuple(devices),
             headless_s=headless, widget_s=elapsed, click_ms=click * 1000,
             max_gap_ms=float(gaps.max()), p99_gap_ms=float(np.percentile(gaps, 99)),
-            median_gap_ms=float(np.median(gaps)), progress_events=len(events), layer_refreshes=refreshes[0],
-            engine_threads=sorted(set(threads)), machine=machine_state(),
+            median_gap_ms=float(np.median(gaps)), progress_events=len(events), layer_refreshes=int(refreshes[0]),
+            engine_threads=sorted(set(threads)), machine=machine_state(), headless_cpu_s=headless_cpu,
+            widget_cpu_s=widget_cpu, gui_thread_cpu_s=gui_cpu, refresh_s=refreshes[1],
         )
     finally:
         viewer.close()
 
 
-def _count_refreshes(layer_name: str) -> tuple[list[int], Any]:
-    """Count ``refresh`` calls of the Labels layer named ``layer_name``, whichever instance the widget makes.
+def _count_refreshes(layer_name: str) -> tuple[list[float], Any]:
+    """Count and time ``refresh`` calls of the Labels layer named ``layer_name``, whichever instance the widget makes.
 
-    Returns a one-element counter (updated in place) and the function that restores ``Labels.refresh``.
+    Returns ``[calls, seconds]`` (updated in place) and the function that restores ``Labels.refresh``.
     """
     from napari.layers import Labels
 
-    count = [0]
+    count = [0, 0.0]
     refresh = Labels.refresh
 
     def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.name == layer_name:
+        if self.name != layer_name:
+            return refresh(self, *args, **kwargs)
+        start = time.perf_counter()
+        try:
+            return refresh(self, *args, **kwargs)
+        finally:
             count[0] += 1
-        return refresh(self, *args, **kwargs)
+            count[1] += time.perf_counter() - start
 
     Labels.refresh = counting
 
@@ -201,6 +215,9 @@ def format_report(report: GuiReport) -> str:
         f"Run click blocks the GUI   {report.click_ms:8.1f} ms",
         f"event loop gap: max {report.max_gap_ms:.0f} ms, p99 {report.p99_gap_ms:.0f} ms, "
         f"median {report.median_gap_ms:.0f} ms (probe every {TICK_MS} ms)",
-        f"progress events {report.progress_events}, layer refreshes {report.layer_refreshes}",
+        f"progress events {report.progress_events}, layer refreshes {report.layer_refreshes} "
+        f"({report.refresh_s:.1f} s on the GUI thread)",
+        f"CPU seconds: headless {report.headless_cpu_s:.1f}, widget {report.widget_cpu_s:.1f} "
+        f"(GUI thread {report.gui_thread_cpu_s:.1f})",
         f"engine ran on: {', '.join(report.engine_threads)}",
     ])
