@@ -46,6 +46,8 @@ class GuiReport:
     widget_cpu_s: float = 0.0
     gui_thread_cpu_s: float = 0.0
     refresh_s: float = 0.0
+    #: CPU seconds per thread name during the widget's half, busiest first (Linux /proc; empty elsewhere).
+    thread_cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -80,6 +82,30 @@ def _headless_seconds(image: np.ndarray, model: Any, request: dict[str, Any]) ->
     start, cpu = time.perf_counter(), time.process_time()
     segment(image, model, **request)
     return time.perf_counter() - start, time.process_time() - cpu
+
+
+def _thread_ticks() -> dict[int, tuple[str, int]]:
+    """CPU clock ticks (user + system) of each of this process's threads, with its name (Linux only)."""
+    ticks: dict[int, tuple[str, int]] = {}
+    for task in (os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        ticks[int(task)] = (name, int(fields[11]) + int(fields[12]))
+    return ticks
+
+
+def _cpu_by_thread_name(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]) -> dict[str, float]:
+    """CPU seconds spent between two :func:`_thread_ticks` samples, summed per thread name, busiest first."""
+    per_second = os.sysconf("SC_CLK_TCK")
+    spent: dict[str, float] = {}
+    for tid, (name, ticks) in after.items():
+        used = (ticks - before.get(tid, (name, 0))[1]) / per_second
+        spent[name] = spent.get(name, 0.0) + used
+    return dict(sorted(((k, round(v, 1)) for k, v in spent.items() if v > 0), key=lambda kv: -kv[1]))
 
 
 def _record_engine_threads(names: list[str]):
@@ -146,6 +172,7 @@ def measure(image: np.ndarray, name: str, checkpoint: str, devices: tuple[str, .
             probe.start()
             for _ in range(5):
                 QCoreApplication.processEvents()
+            threads_before = _thread_ticks()
             start, cpu, gui_cpu = time.perf_counter(), time.process_time(), time.thread_time()
             if widget.run() is None:
                 raise RuntimeError("the widget did not start the run")
@@ -153,6 +180,7 @@ def measure(image: np.ndarray, name: str, checkpoint: str, devices: tuple[str, .
             controller.wait(timeout_s)
             elapsed = time.perf_counter() - start
             widget_cpu, gui_cpu = time.process_time() - cpu, time.thread_time() - gui_cpu
+            by_thread = _cpu_by_thread_name(threads_before, _thread_ticks())
             probe.stop()
         finally:
             engine.segment_iter = original
@@ -170,6 +198,7 @@ def measure(image: np.ndarray, name: str, checkpoint: str, devices: tuple[str, .
             median_gap_ms=float(np.median(gaps)), progress_events=len(events), layer_refreshes=int(refreshes[0]),
             engine_threads=sorted(set(threads)), machine=machine_state(), headless_cpu_s=headless_cpu,
             widget_cpu_s=widget_cpu, gui_thread_cpu_s=gui_cpu, refresh_s=refreshes[1],
+            thread_cpu_s=by_thread,
         )
     finally:
         viewer.close()
@@ -219,5 +248,6 @@ def format_report(report: GuiReport) -> str:
         f"({report.refresh_s:.1f} s on the GUI thread)",
         f"CPU seconds: headless {report.headless_cpu_s:.1f}, widget {report.widget_cpu_s:.1f} "
         f"(GUI thread {report.gui_thread_cpu_s:.1f})",
+        "widget half, CPU s per thread: " + ", ".join(f"{k} {v:.1f}" for k, v in list(report.thread_cpu_s.items())[:8]),
         f"engine ran on: {', '.join(report.engine_threads)}",
     ])
