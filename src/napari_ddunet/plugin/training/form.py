@@ -15,6 +15,7 @@ import numpy as np
 from magicgui.widgets import FunctionGui
 
 from napari_ddunet.core.inference.devices import available_devices
+from napari_ddunet.core.io.layout import infer_channel_axis, yx_axes
 
 #: The "Network" choice that builds a new DDU-Net from the fields below it (others fine-tune a checkpoint).
 NEW_NETWORK = "(new network)"
@@ -87,10 +88,10 @@ def build_form(image_choices, labels_choices, bundled_names: Sequence[str]) -> F
 
 
 def image_yx(layer) -> tuple[int, int]:
-    """The (Y, X) size of an image layer: channels-last for RGB, else its last two axes."""
+    """The (Y, X) size of an image layer, its channel axis told by the package's one layout rule."""
     shape = tuple(layer.data[0].shape if layer.multiscale else layer.data.shape)
-    channels_last = getattr(layer, "rgb", False) or (len(shape) == 3 and shape[-1] <= 16)
-    return (shape[0], shape[1]) if channels_last else (shape[-2], shape[-1])
+    y, x = yx_axes(len(shape), infer_channel_axis(shape, rgb=bool(getattr(layer, "rgb", False))))
+    return shape[y], shape[x]
 
 
 def matching_labels(image, candidates: Sequence[Any]) -> Any | None:
