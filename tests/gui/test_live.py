@@ -47,3 +47,20 @@ def test_coalescing_keeps_outputs_and_the_end_and_merges_regions():
     assert passed[1].region == (0, 8, 0, 32)  # the union of the four written subdomains
     everything = list(coalesce_events(_engine(events), interval=0.0))
     assert everything == events
+
+
+def test_refresh_pacer_keeps_redraws_to_their_share_of_the_run():
+    from napari_ddunet.plugin.live import LONGEST_REFRESH_S, REDRAW_SHARE, SHORTEST_REFRESH_S, RefreshPacer
+
+    pacer = RefreshPacer()
+    assert pacer.interval_s() == SHORTEST_REFRESH_S  # nothing measured yet
+    pacer.record(0.005)  # a GPU canvas
+    assert pacer.interval_s() == SHORTEST_REFRESH_S
+    for cost in (0.1, 0.1, 0.1, 0.1):  # Mesa's software rasteriser on a big view
+        pacer.record(cost)
+    assert pacer.cost_s == 0.1 and pacer.interval_s() == 0.1 / REDRAW_SHARE
+    pacer.record(3.0)  # one slow frame among fast ones moves the median, not the pace
+    assert pacer.interval_s() == 0.1 / REDRAW_SHARE
+    for _ in range(3):
+        pacer.record(3.0)
+    assert pacer.interval_s() == LONGEST_REFRESH_S  # never frozen for longer than this

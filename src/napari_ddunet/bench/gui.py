@@ -46,6 +46,10 @@ class GuiReport:
     widget_cpu_s: float = 0.0
     gui_thread_cpu_s: float = 0.0
     refresh_s: float = 0.0
+    #: the live refresher's measured cost of one refresh (re-slice plus paint: the GUI thread's stall), median
+    #: of the run's last five, and the spacing it chose from it (plugin/live.RefreshPacer)
+    redraw_ms: float = 0.0
+    refresh_interval_ms: float = 0.0
     #: CPU seconds per thread name during the widget's half, busiest first (Linux /proc; empty elsewhere).
     thread_cpu_s: dict[str, float] = field(default_factory=dict)
 
@@ -198,7 +202,8 @@ def measure(image: np.ndarray, name: str, checkpoint: str, devices: tuple[str, .
             median_gap_ms=float(np.median(gaps)), progress_events=len(events), layer_refreshes=int(refreshes[0]),
             engine_threads=sorted(set(threads)), machine=machine_state(), headless_cpu_s=headless_cpu,
             widget_cpu_s=widget_cpu, gui_thread_cpu_s=gui_cpu, refresh_s=refreshes[1],
-            thread_cpu_s=by_thread,
+            thread_cpu_s=by_thread, redraw_ms=widget.live_refresh.pacer.cost_s * 1000,
+            refresh_interval_ms=widget.live_refresh.pacer.interval_s() * 1000,
         )
     finally:
         viewer.close()
@@ -246,6 +251,7 @@ def format_report(report: GuiReport) -> str:
         f"median {report.median_gap_ms:.0f} ms (probe every {TICK_MS} ms)",
         f"progress events {report.progress_events}, layer refreshes {report.layer_refreshes} "
         f"({report.refresh_s:.1f} s on the GUI thread)",
+        f"one refresh stalls the GUI {report.redraw_ms:.0f} ms: refreshed every {report.refresh_interval_ms:.0f} ms",
         f"CPU seconds: headless {report.headless_cpu_s:.1f}, widget {report.widget_cpu_s:.1f} "
         f"(GUI thread {report.gui_thread_cpu_s:.1f})",
         "widget half, CPU s per thread: " + ", ".join(f"{k} {v:.1f}" for k, v in list(report.thread_cpu_s.items())[:8]),

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from napari_ddunet.core.errors import DDUNetError
 
 
@@ -46,6 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="instead: the dock widget's run time over a headless run of the same request, the Run "
                              "click's latency and the event loop's gaps, on the Blue Marble sample with its bundled "
                              "model (--quick: a 512 x 1024 crop; needs a display)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="with --gui: measure this many times, headless and widget halves alternating, and "
+                             "print each pair's ratio and their median (one pair is at the mercy of the load)")
     parser.add_argument("--budget", action="store_true",
                         help="instead: peak memory above the import baseline against --memory-budget, 64 MB to 2 GB, "
                              "2048^2 to 32768^2 and a 512 x 131072 strip, one process per case (--quick: three "
@@ -155,10 +160,19 @@ def run_gui(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.repeat < 1:
+        raise BenchError(f"--repeat must be at least 1, got {args.repeat}")
     name, image = gui.bluemarble_image(args.quick)
     checkpoint = bundled_models()[gui.BUNDLED_MODEL]
-    report = gui.measure(image, name, str(checkpoint), devices, timeout_s=args.timeout)
-    print(json.dumps(report.to_dict(), indent=1) if args.json else gui.format_report(report))
+    reports = [gui.measure(image, name, str(checkpoint), devices, timeout_s=args.timeout) for _ in range(args.repeat)]
+    if args.json:
+        print(json.dumps(reports[0].to_dict() if args.repeat == 1 else [r.to_dict() for r in reports], indent=1))
+        return 0
+    print("\n\n".join(gui.format_report(report) for report in reports))
+    if args.repeat > 1:
+        ratios = [report.ratio for report in reports]
+        print(f"\nwidget / headless per pair: {', '.join(f'{r:.2f}' for r in ratios)}; "
+              f"median {float(np.median(ratios)):.2f} x")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Labels are shown straight from the engine's output array, never copied, so a layer.refresh()
 shows whatever subdomains the engine has written so far. Zarr arrays are wrapped without dask:
-dask's cache would keep serving the chunks read before they were written.
+dask's cache would keep serving the chunks read before they were written. How often to refresh
+is :class:`RefreshPacer`'s decision.
 """
 
 from __future__ import annotations
@@ -11,10 +12,17 @@ import dataclasses
 import math
 import time
 from collections.abc import Generator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+#: Shortest spacing of two live refreshes (seconds): what a user sees as "filling in" on a fast GPU canvas.
+SHORTEST_REFRESH_S = 0.4
+#: Longest spacing (seconds): however slow the canvas, the view never looks frozen for longer.
+LONGEST_REFRESH_S = 5.0
+#: Share of the run's wall time that live redraws may take from the GUI thread.
+REDRAW_SHARE = 0.05
 #: Above this many pixels on a side, in-memory labels get strided levels, so a zoomed-out view redraws
 #: a small level instead of re-uploading the whole array on every refresh.
 PYRAMID_SIDE = 2048
@@ -46,6 +54,36 @@ class StridedView:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         data = self[(slice(None),) * self.ndim]
         return data if dtype is None else data.astype(dtype)
+
+
+@dataclass
+class RefreshPacer:
+    """Spaces the live refreshes by what each one costs to draw, so the canvas takes a bounded share of a run.
+
+    A refresh makes napari re-slice the labels and the canvas redraw every layer. On a GPU that takes a
+    few milliseconds and refreshes come every :data:`SHORTEST_REFRESH_S`. Without one (Xvfb, Mesa's
+    llvmpipe) the redraw rasterises on the CPU, about 0.1 s on the GUI thread and twice that in CPU
+    on the rasteriser's threads for the Blue Marble view, taken from the engine's cores: there the
+    refreshes space out to ``cost / share`` (docs/benchmarks.md, bench --gui).
+    """
+
+    shortest_s: float = SHORTEST_REFRESH_S
+    longest_s: float = LONGEST_REFRESH_S
+    share: float = REDRAW_SHARE
+    #: measured cost of each refresh so far (seconds of GUI-thread stall)
+    costs: list[float] = field(default_factory=list)
+
+    def record(self, seconds: float) -> None:
+        self.costs.append(max(0.0, float(seconds)))
+
+    @property
+    def cost_s(self) -> float:
+        """The recent cost: the median of the last five refreshes, so one slow frame does not stall the view."""
+        return float(np.median(self.costs[-5:])) if self.costs else 0.0
+
+    def interval_s(self) -> float:
+        """How long after a refresh starts the next one may start."""
+        return min(self.longest_s, max(self.shortest_s, self.cost_s / self.share))
 
 
 def _store_levels(output: str | None) -> list[Any] | None:

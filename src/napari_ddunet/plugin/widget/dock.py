@@ -25,15 +25,17 @@ from napari_ddunet.core.io.images import choose_bands
 from napari_ddunet.core.io.layout import infer_channel_axis, yx_axes
 from napari_ddunet.plugin import settings as _settings
 from napari_ddunet.plugin.grid_layer import GRID_LAYER_NAME, grid_shape, remove_grid_layers, update_grid_layer
-from napari_ddunet.plugin.live import expects_multiscale, visible_region
+from napari_ddunet.plugin.live import SHORTEST_REFRESH_S, expects_multiscale, visible_region
 from napari_ddunet.plugin.trained_models import trained_models
 from napari_ddunet.plugin.widget import results
 from napari_ddunet.plugin.widget.controller import IN_MEMORY_PIXELS, RunController, RunRequest
 from napari_ddunet.plugin.widget.form import CURRENT_PLANE, NO_MODEL, build_form, show_bands
+from napari_ddunet.plugin.widget.live_refresh import LiveRefresh
 
 logger = logging.getLogger(__name__)
 
-REFRESH_MS = 400
+#: Shortest spacing of the live refreshes (ms); a slow canvas spaces them further (plugin/live.RefreshPacer).
+REFRESH_MS = int(SHORTEST_REFRESH_S * 1000)
 #: Subdomain side on screen (pixels) from which the "(r, c)" index texts are shown.
 MIN_INDEX_SCREEN_PX = 56
 
@@ -81,7 +83,6 @@ class DDUNetWidget(QWidget):
         self.checkpoint_path: Path | None = None
         self.labels_layer = None
         self._labels_target = None
-        self._dirty = False
         self._image = None
         self._stacked = False   # the chosen layer has t/z planes (see stack_axes)
         self.form = build_form(self._image_choices, list(known_models()), _settings.plugin_defaults())
@@ -119,8 +120,7 @@ class DDUNetWidget(QWidget):
 
         self._grid_timer = QTimer(self, singleShot=True, interval=60)
         self._grid_timer.timeout.connect(self.draw_grid)
-        self._refresh_timer = QTimer(self, interval=REFRESH_MS)
-        self._refresh_timer.timeout.connect(self._refresh_labels)
+        self.live_refresh = LiveRefresh(self)
         self._prebuild_timer = QTimer(self, singleShot=True, interval=0)
         self._prebuild_timer.timeout.connect(self.prebuild_result_layer)
 
@@ -478,7 +478,7 @@ class DDUNetWidget(QWidget):
         self.progress.max = 0  # busy until the first event says how much there is
         self.status.value = "starting..."
         self._update_buttons()
-        self._refresh_timer.start()
+        self.live_refresh.start(self.labels_layer)
 
     def _on_progress(self, request: RunRequest, event) -> None:
         if event.outputs and self._labels_target is None and "labels" in event.outputs:
@@ -488,6 +488,7 @@ class DDUNetWidget(QWidget):
                     self.viewer, self.labels_layer, self._run_layer, self._run_axes, self.model.info,
                     self._labels_target, request.output,
                 )
+                self.live_refresh.retarget(self.labels_layer)
         total = max(int(event.total), 1)
         self.progress.max = total
         self.progress.value = min(int(event.done), total)
@@ -495,18 +496,11 @@ class DDUNetWidget(QWidget):
         plane = "" if event.plane is None else f" (plane {', '.join(map(str, event.plane))})"
         self.status.value = f"{stopping}{event.phase}{plane}: {event.done}/{event.total}"
         if event.region is not None:
-            self._dirty = True
+            self.live_refresh.mark_dirty()
         self.progressed.emit(event)
 
-    def _refresh_labels(self) -> None:
-        if self._dirty and self.labels_layer is not None:
-            self._dirty = False
-            self.labels_layer.refresh()
-
     def _on_returned(self, request: RunRequest, result) -> None:
-        if request.kind == "main":
-            self._dirty = True  # the final refresh happens once, in _on_finished
-        else:
+        if request.kind != "main":
             results.add_comparison(
                 self.viewer, self._run_layer, self._run_yx, image_shape(self._run_layer), self.model.info,
                 result, request.output,
@@ -528,9 +522,7 @@ class DDUNetWidget(QWidget):
         self.status.value = "failed"
 
     def _on_finished(self, request: RunRequest) -> None:
-        self._refresh_timer.stop()
-        self._dirty = True
-        self._refresh_labels()
+        self.live_refresh.stop()  # the final refresh, once
         self._update_buttons()
 
     # --------------------------------------------------- feature explorer
