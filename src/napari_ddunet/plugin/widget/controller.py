@@ -2,7 +2,7 @@
 
 Plain Python around napari's ``thread_worker``: the engine's generator runs in the worker (the
 stardist-napari contract) and its events come back on the GUI thread through :attr:`RunController.progressed`;
-the result comes back through :attr:`RunController.finished`. :meth:`RunController.run_blocking` is the
+the result comes back through :attr:`RunController.returned`. :meth:`RunController.run_blocking` is the
 same path, waited for, for scripts, ``napari-ddunet demo`` and the tests.
 """
 
@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject
 
 from napari_ddunet.plugin.live import coalesce_events
-from napari_ddunet.plugin.worker_runs import run_to_end, start_worker, wait_for_worker
+from napari_ddunet.plugin.worker_runs import WorkerController
 
 logger = logging.getLogger(__name__)
 
@@ -108,69 +108,35 @@ class RunRequest:
         return kwargs
 
 
-class RunController(QObject):
-    """Owns the worker of the run in flight, where it writes, and Cancel."""
+class RunController(WorkerController):
+    """Owns the worker of the run in flight, where it writes, and Cancel.
 
-    #: (request) emitted on the GUI thread when a run starts, its output decided.
-    started = Signal(object)
-    #: (request, ProgressEvent) for every (coalesced) engine event, on the GUI thread.
-    progressed = Signal(object, object)
-    #: (request, Result) when the engine returns, cancelled or not.
-    returned = Signal(object, object)
-    #: (request, exception) when the run fails.
-    failed = Signal(object, object)
-    #: (request) after returned/failed, when the worker is gone.
-    finished = Signal(object)
+    ``result`` is the last main run's result (a comparison run leaves it as it is), ``last_result`` any run's.
+    """
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.worker = None
-        self.request: RunRequest | None = None
         self.result = None
-        self.last_result = None
-        self.error: BaseException | None = None
         #: the run's warnings (a value range far from the training data's, found before any work), each also
         #: shown as a warning notification
         self.warnings: list[str] = []
 
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
-    def run(self, request: RunRequest) -> bool:
-        """Start ``request`` in a worker thread; False when a run is already in flight."""
+    def _make_worker(self, request: RunRequest) -> Any:
         from napari.qt.threading import create_worker
 
-        if self.worker is not None:
-            return False
         height, width = request.run_yx()
         request.output = output_for(request.output, (height * request.plane_count, width))
-        self.request, self.error, self.warnings = request, None, []
+        self.warnings = []
         if request.kind == "main":
             self.result = None
-        worker = create_worker(
+        return create_worker(
             _engine_events, request.image, request.model, _start_thread=False, _ignore_errors=True,
             **request.engine_kwargs(),
         )
-        # The engine starts first: the ~1 s napari needs to build the result layer in ``started``
-        # then overlaps the run instead of delaying it (worker events queue behind that handler).
-        start_worker(self, worker, request)
-        self.started.emit(request)
-        return True
 
-    def run_blocking(self, request: RunRequest, timeout_s: float = 3600.0):
-        """:meth:`run` and wait (processing Qt events) for its end; returns the engine's result."""
-        run_to_end(self, request, timeout_s, "the run")
-        return self.last_result
-
-    def wait(self, timeout_s: float = 60.0) -> None:
-        """Process Qt events until the run in flight ends or ``timeout_s`` passes."""
-        wait_for_worker(self, timeout_s)
-
-    def cancel(self) -> None:
-        """Ask the engine to stop at its next batch; it returns a result marked cancelled."""
-        if self.request is not None and self.worker is not None:
-            self.request.cancel.set()
+    def _stop(self) -> None:
+        """The engine stops at its next batch and returns a result marked cancelled."""
+        self.request.cancel.set()
 
     @property
     def cancelling(self) -> bool:
@@ -185,18 +151,9 @@ class RunController(QObject):
             for line in event.warnings:
                 self.warnings.append(line)
                 notification_manager.dispatch(Notification(line, severity=NotificationSeverity.WARNING))
-        self.progressed.emit(request, event)
+        super()._on_event(request, event)
 
     def _on_returned(self, request: RunRequest, result: Any) -> None:
-        self.last_result = result
         if request.kind == "main":
             self.result = result
-        self.returned.emit(request, result)
-
-    def _on_error(self, request: RunRequest, error: BaseException) -> None:
-        self.error = error
-        self.failed.emit(request, error)
-
-    def _on_finished(self, request: RunRequest) -> None:
-        self.worker = None
-        self.finished.emit(request)
+        super()._on_returned(request, result)
