@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from napari_ddunet import load_checkpoint, segment
+from napari_ddunet.plugin.live import camera_of
 
 TIMEOUT = 60_000
 
@@ -131,8 +132,9 @@ def test_current_view_only_runs_the_visible_subdomains(widget, qtbot, checkpoint
     checkpoint = checkpoint_factory("m.pt", subdomain=(32, 32))
     _ready(widget, checkpoint, image)
     viewer = widget.viewer
-    viewer.camera.center = (100.0, 200.0)
-    viewer.camera.zoom = 8.0
+    camera = camera_of(viewer)
+    camera.center = (100.0, 200.0)
+    camera.zoom = 8.0
     region = widget.current_view_region()
     assert region is not None
     y0, y1, x0, x1 = region

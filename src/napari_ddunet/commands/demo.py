@@ -95,18 +95,22 @@ def press_run(widget, timeout_s: float = 3600.0) -> None:
 def _show_canvas_centre(viewer) -> None:
     """Zoom onto about 24 x 24 subdomains in the middle of the gigapixel canvas (only those chunks render)."""
     from napari_ddunet.core.data.samples import HUGE_SIZE
+    from napari_ddunet.plugin.live import camera_of
 
-    viewer.camera.center = (HUGE_SIZE / 2.0, HUGE_SIZE / 2.0)
-    viewer.camera.zoom = viewer.camera.zoom * HUGE_SIZE / 768.0
+    camera = camera_of(viewer)
+    camera.center = (HUGE_SIZE / 2.0, HUGE_SIZE / 2.0)
+    camera.zoom = camera.zoom * HUGE_SIZE / 768.0
 
 
 def _show_test_band(viewer) -> None:
     """Zoom onto the held-out longitude band (never seen in training), where the grid is readable."""
     from napari_ddunet.core.data.samples import bluemarble_test_region
+    from napari_ddunet.plugin.live import camera_of
 
     start, stop = bluemarble_test_region()
-    viewer.camera.center = (1100.0, (start + stop) / 2.0)
-    viewer.camera.zoom = viewer.camera.zoom * 4.0
+    camera = camera_of(viewer)
+    camera.center = (1100.0, (start + stop) / 2.0)
+    camera.zoom = camera.zoom * 4.0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -164,10 +164,17 @@ def feature_layer_kwargs(
     }
 
 
+def camera_of(viewer) -> Any:
+    """The viewer's camera: ``viewer.scene.camera`` from napari 0.9 on (``viewer.camera`` is deprecated there)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
 def visible_region(viewer, layer, yx: tuple[int, int]) -> tuple[int, int, int, int] | None:
     """(y0, y1, x0, x1) image pixels of ``layer`` visible in the canvas, or None if all of it is."""
-    zoom = float(viewer.camera.zoom)
-    centre = np.asarray(viewer.camera.center, dtype=float)[-2:]
+    camera = camera_of(viewer)
+    zoom = float(camera.zoom)
+    centre = np.asarray(camera.center, dtype=float)[-2:]
     half = np.asarray(viewer.canvas.size, dtype=float) / (2 * zoom)
     world_lo, world_hi = centre - half, centre + half
     scale = np.asarray(layer.scale, dtype=float)[list(yx)]

@@ -25,7 +25,7 @@ from napari_ddunet.core.io.images import choose_bands
 from napari_ddunet.core.io.layout import infer_channel_axis, yx_axes
 from napari_ddunet.plugin import settings as _settings
 from napari_ddunet.plugin.grid_layer import GRID_LAYER_NAME, grid_shape, remove_grid_layers, update_grid_layer
-from napari_ddunet.plugin.live import SHORTEST_REFRESH_S, expects_multiscale, visible_region
+from napari_ddunet.plugin.live import SHORTEST_REFRESH_S, camera_of, expects_multiscale, visible_region
 from napari_ddunet.plugin.trained_models import trained_models
 from napari_ddunet.plugin.widget import results
 from napari_ddunet.plugin.widget.controller import IN_MEMORY_PIXELS, RunController, RunRequest
@@ -136,7 +136,7 @@ class DDUNetWidget(QWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.features_button.changed.connect(self.show_feature_maps)
         self.compare_button.changed.connect(self.compare_without_communication)
-        self.viewer.camera.events.zoom.connect(self._update_index_visibility)
+        camera_of(self.viewer).events.zoom.connect(self._update_index_visibility)
         layer_events = self.viewer.layers.events
         for event in (layer_events.inserted, layer_events.removed, layer_events.renamed):
             event.connect(self.reset_choices)
@@ -348,7 +348,7 @@ class DDUNetWidget(QWidget):
             return
         ya, xa = self.yx(layer)
         pixels = np.asarray(self.form.subdomain_size.value) * np.abs(np.asarray(layer.scale)[[ya, xa]])
-        self.viewer.layers[name].visible = bool(pixels.min() * self.viewer.camera.zoom >= MIN_INDEX_SCREEN_PX)
+        self.viewer.layers[name].visible = bool(pixels.min() * camera_of(self.viewer).zoom >= MIN_INDEX_SCREEN_PX)
 
     # ---------------------------------------------------------------- run
     def _expects_multiscale(self, request_output: str | None, run_yx: tuple[int, int]) -> bool:
