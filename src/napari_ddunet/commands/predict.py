@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_ddunet.core.errors import DDUNetError
     from napari_ddunet.core.inference.distributed import DistContext
     from napari_ddunet.core.inference.engine import segment_iter
+    from napari_ddunet.core.inference.process_group import destroy_process_group
     from napari_ddunet.core.inference.progress import drive
     from napari_ddunet.core.inference.sink import open_output
     from napari_ddunet.core.io import geotiff
@@ -112,15 +113,15 @@ def run(args: argparse.Namespace) -> int:
     )
     rank = "" if context is None else f"[rank {context.rank}/{context.world}] "
     bar = _ProgressBar(rank, args.quiet)
+    ended_well = False
     try:
         with cancel_on_interrupt(cancel), _value_range_lines(rank):   # Ctrl-C cancels: a consistent store (130)
             result = drive(steps, bar.show, cancel)
+        ended_well = not result.cancelled
     finally:
         bar.close()
         if context is not None:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            destroy_process_group(together=ended_well)
     if result.cancelled:
         print(f"{rank}napari-ddunet predict: cancelled; {result.output} is resumable with --resume", file=sys.stderr)
         return EXIT_CANCELLED

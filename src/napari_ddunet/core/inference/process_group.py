@@ -48,8 +48,11 @@ def init_process_group(devices: Sequence[torch.device]) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def destroy_process_group() -> None:
-    """Leave the process group together: a rank that exits while gloo still talks to it aborts the other."""
+def destroy_process_group(together: bool = True) -> None:
+    """Leave the process group; ``together`` (after a run that ended well) waits for every rank first, because
+    a rank that exits while gloo still talks to it aborts the other. A rank that failed leaves at once: its
+    peers may never reach a barrier."""
     if dist.is_initialized():
-        dist.barrier()
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
