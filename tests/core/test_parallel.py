@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from napari_ddunet import DDUNet, ModelConfig
-from napari_ddunet.core.inference.devices import DeviceError
+from napari_ddunet.core.errors import DeviceError
 from napari_ddunet.core.network.parallel import DataParallelDDUNet, forward_multi_device
 
 CPUS = ["cpu", "cpu", "cpu"]
@@ -33,7 +33,11 @@ def _assert_same(a, b):
     assert torch.allclose(xg_a, xg_b, rtol=0, atol=1e-10)
     assert set(g_a) == set(g_b) and g_a
     for name in g_a:
-        assert torch.allclose(g_a[name], g_b[name], rtol=0, atol=1e-10), name
+        # 1e-10 of the gradient's own scale: a weight gradient sums over the batch, and splitting the batch
+        # across devices changes that order (ResNet's bottleneck gradient reaches 34 in float64: 2e-10 apart
+        # with two threads, 5e-12 relative)
+        scale = max(1.0, float(g_a[name].abs().max()))
+        assert torch.allclose(g_a[name], g_b[name], rtol=0, atol=1e-10 * scale), name
 
 
 @pytest.mark.parametrize("train", [False, True])

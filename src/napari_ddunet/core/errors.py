@@ -13,3 +13,7 @@ class RunIOError(DDUNetError):
 
     The output store stays resumable; the CLI prints one line naming ``--resume`` and exits with status 3.
     """
+
+
+class DeviceError(DDUNetError):
+    """A device that does not exist or is not available on this machine."""

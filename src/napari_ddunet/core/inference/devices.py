@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_ddunet.core.errors import DDUNetError
+from napari_ddunet.core.errors import DeviceError
 
 #: dtypes whose convolutions run faster channels_last (oneDNN on CPU, cuDNN on CUDA); float64 has no fast path.
 CHANNELS_LAST_DTYPES = (torch.float16, torch.float32, torch.bfloat16)
@@ -28,10 +28,6 @@ def to_device(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> to
     if dtype in CHANNELS_LAST_DTYPES and device.type in ("cuda", "cpu") and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
-
-
-class DeviceError(DDUNetError):
-    """A device that does not exist or is not available on this machine."""
 
 
 def _mps_available() -> bool:

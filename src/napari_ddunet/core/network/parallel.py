@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from napari_ddunet.core.inference.devices import DeviceError
+from napari_ddunet.core.errors import DeviceError
 from napari_ddunet.core.network.batchnorm import global_batch_norm, update_running_stats
 from napari_ddunet.core.network.config import ModelConfig
 from napari_ddunet.core.network.model import DDUNet
