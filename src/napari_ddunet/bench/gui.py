@@ -202,8 +202,8 @@ def measure(image: np.ndarray, name: str, checkpoint: str, devices: tuple[str, .
             median_gap_ms=float(np.median(gaps)), progress_events=len(events), layer_refreshes=int(refreshes[0]),
             engine_threads=sorted(set(threads)), machine=machine_state(), headless_cpu_s=headless_cpu,
             widget_cpu_s=widget_cpu, gui_thread_cpu_s=gui_cpu, refresh_s=refreshes[1],
-            thread_cpu_s=by_thread, redraw_ms=widget.live_refresh.pacer.cost_s * 1000,
-            refresh_interval_ms=widget.live_refresh.pacer.interval_s() * 1000,
+            thread_cpu_s=by_thread, redraw_ms=widget.live.pacer.cost_s * 1000,
+            refresh_interval_ms=widget.live.pacer.interval_s() * 1000,
         )
     finally:
         viewer.close()

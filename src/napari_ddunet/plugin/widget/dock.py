@@ -30,7 +30,7 @@ from napari_ddunet.plugin.trained_models import trained_models
 from napari_ddunet.plugin.widget import results
 from napari_ddunet.plugin.widget.controller import IN_MEMORY_PIXELS, RunController, RunRequest
 from napari_ddunet.plugin.widget.form import CURRENT_PLANE, NO_MODEL, build_form, show_bands
-from napari_ddunet.plugin.widget.live_refresh import LiveRefresh
+from napari_ddunet.plugin.widget.live_display import LiveDisplay
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class DDUNetWidget(QWidget):
 
         self._grid_timer = QTimer(self, singleShot=True, interval=60)
         self._grid_timer.timeout.connect(self.draw_grid)
-        self.live_refresh = LiveRefresh(self)
+        self.live = LiveDisplay(self._show_progress, self)
         self._prebuild_timer = QTimer(self, singleShot=True, interval=0)
         self._prebuild_timer.timeout.connect(self.prebuild_result_layer)
 
@@ -478,7 +478,7 @@ class DDUNetWidget(QWidget):
         self.progress.max = 0  # busy until the first event says how much there is
         self.status.value = "starting..."
         self._update_buttons()
-        self.live_refresh.start(self.labels_layer)
+        self.live.start(self.labels_layer)
 
     def _on_progress(self, request: RunRequest, event) -> None:
         if event.outputs and self._labels_target is None and "labels" in event.outputs:
@@ -488,18 +488,21 @@ class DDUNetWidget(QWidget):
                     self.viewer, self.labels_layer, self._run_layer, self._run_axes, self.model.info,
                     self._labels_target, request.output,
                 )
-                self.live_refresh.retarget(self.labels_layer)
+                self.live.retarget(self.labels_layer)
+        self.live.update(event)
+        self.progressed.emit(event)
+
+    def _show_progress(self, event) -> None:
+        """The progress bar and status line for one engine event (called at the live display's pace)."""
         total = max(int(event.total), 1)
         self.progress.max = total
         self.progress.value = min(int(event.done), total)
-        stopping = "cancelling... " if request.cancel.is_set() else ""
+        stopping = "cancelling... " if self.controller.cancelling else ""
         plane = "" if event.plane is None else f" (plane {', '.join(map(str, event.plane))})"
         self.status.value = f"{stopping}{event.phase}{plane}: {event.done}/{event.total}"
-        if event.region is not None:
-            self.live_refresh.mark_dirty()
-        self.progressed.emit(event)
 
     def _on_returned(self, request: RunRequest, result) -> None:
+        self.live.flush()  # the last events first, then the final status
         if request.kind != "main":
             results.add_comparison(
                 self.viewer, self._run_layer, self._run_yx, image_shape(self._run_layer), self.model.info,
@@ -522,7 +525,7 @@ class DDUNetWidget(QWidget):
         self.status.value = "failed"
 
     def _on_finished(self, request: RunRequest) -> None:
-        self.live_refresh.stop()  # the final refresh, once
+        self.live.stop()  # the final refresh, once
         self._update_buttons()
 
     # --------------------------------------------------- feature explorer
