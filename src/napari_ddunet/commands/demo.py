@@ -34,6 +34,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-run", action="store_true", help="set up the viewer, then exit without the event loop")
     p.add_argument("--segment", action="store_true",
                    help="press Run for you: segment the whole image before the screenshot / the event loop")
+    p.add_argument("--compare", action="store_true",
+                   help="press 'Compare without communication' for you: the view again with the exchange switched "
+                        "off, shown beside the image")
     p.set_defaults(run=run)
     return p
 
@@ -79,8 +82,8 @@ def setup_viewer(viewer, sample: str, checkpoint: Path):
     widget.form.show_grid.value = True
     widget.draw_grid()
     viewer.reset_view()
-    if sample == "bluemarble":
-        _show_test_band(viewer)
+    if sample == "bluemarble" and images:
+        _show_lake(viewer, images[0])
     elif sample == "synthetic_huge":
         _show_canvas_centre(viewer)
     return widget
@@ -102,15 +105,16 @@ def _show_canvas_centre(viewer) -> None:
     camera.zoom = camera.zoom * HUGE_SIZE / 768.0
 
 
-def _show_test_band(viewer) -> None:
-    """Zoom onto the held-out longitude band (never seen in training), where the grid is readable."""
-    from napari_ddunet.core.data.samples import bluemarble_test_region
+def _show_lake(viewer, image_layer) -> None:
+    """Zoom onto the Caspian Sea (held out from training): lake against ocean is what the exchange decides there."""
+    from napari_ddunet.core.data.bluemarble import CASPIAN_VIEW, box_pixels
     from napari_ddunet.plugin.live import camera_of
 
-    start, stop = bluemarble_test_region()
-    camera = camera_of(viewer)
-    camera.center = (1100.0, (start + stop) / 2.0)
-    camera.zoom = camera.zoom * 4.0
+    height, width = image_layer.data.shape[:2]
+    top, bottom, left, right = box_pixels((height, width), CASPIAN_VIEW)
+    camera = camera_of(viewer)  # reset_view has fitted the whole globe
+    camera.center = ((top + bottom) / 2.0, (left + right) / 2.0)
+    camera.zoom = camera.zoom * 0.9 * min(height / (bottom - top), width / (right - left))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         widget = setup_viewer(viewer, args.sample, checkpoint)
         if args.segment:
             press_run(widget)
+        if args.compare:
+            widget.run_blocking(kind="compare", region=widget.current_view_region())
         if args.screenshot is None and not args.no_run:
             napari.run()
             return 0

@@ -127,6 +127,9 @@ LAKES_TEST_BOX = (60.0, 8.8, 20.0, 96.8)
 LAKES_VAL_BOX = (8.0, -17.6, 20.0, 71.2)
 #: Training crops keep this many pixels away from both boxes.
 LAKES_MARGIN = 48
+#: The Caspian Sea with its shores (north, south, west, east degrees), inside the test box: where the demo
+#: opens, the largest lake no model was trained on.
+CASPIAN_VIEW = (48.5, 35.5, 44.0, 57.0)
 #: Kilometres per pixel of the 5400 x 2700 image along a meridian (Earth radius 6371 km).
 KM_PER_PIXEL = 6371.0 * np.pi / 2700
 
