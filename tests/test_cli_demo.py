@@ -59,6 +59,15 @@ def test_demo_viewer_is_ready_to_run(make_napari_viewer):
     assert widget.form.subdomain_size.value == tuple(widget.model.info.subdomain_size)
     assert GRID_LAYER_NAME in viewer.layers
     assert widget.run_button.enabled
+    # the view is on the Caspian Sea, inside the held-out test box: what Compare reruns is a large lake
+    from napari_ddunet.core.data import bluemarble
+
+    top, bottom, left, right = widget.current_view_region()
+    north, south, west, east = bluemarble.box_pixels((2700, 5400), bluemarble.CASPIAN_VIEW)
+    assert top <= (north + south) / 2 < bottom and left <= (west + east) / 2 < right
+    assert (bottom - top) * (right - left) < 2700 * 5400 / 20  # zoomed in, not the globe
+    truth = np.asarray(viewer.layers["Blue Marble ground truth"].data)[top:bottom, left:right]
+    assert (truth == bluemarble.CLASS_NAMES.index("lake")).sum() > 5000
 
 
 def test_demo_segment_presses_run(make_napari_viewer, tmp_path):
@@ -66,7 +75,7 @@ def test_demo_segment_presses_run(make_napari_viewer, tmp_path):
     import torch
 
     from napari_ddunet import DDUNet, ModelConfig, save_checkpoint
-    from napari_ddunet.commands.demo import press_run, resolve_model, setup_viewer
+    from napari_ddunet.commands.demo import press_compare, press_run, resolve_model, setup_viewer
 
     torch.manual_seed(0)
     config = ModelConfig(in_channels=1, num_classes=3, depth=2, base_channels=2, comm_features=4)
@@ -77,3 +86,6 @@ def test_demo_segment_presses_run(make_napari_viewer, tmp_path):
     labels = [layer for layer in viewer.layers if layer.__class__.__name__ == "Labels" and layer.visible]
     assert len(labels) == 1 and labels[0].data.shape == (32, 256)
     assert widget.controller.result is not None and widget.controller.result.grid == (1, 8)
+    press_compare(widget, timeout_s=120)  # --compare: the view again with the exchange off, beside the image
+    assert widget.controller.last_result.labels.shape == (32, 256)
+    assert any(layer.name.endswith("labels without communication") for layer in viewer.layers)

@@ -95,6 +95,11 @@ def press_run(widget, timeout_s: float = 3600.0) -> None:
     widget.run_blocking(timeout_s=timeout_s)
 
 
+def press_compare(widget, timeout_s: float = 3600.0) -> None:
+    """Rerun the view with the exchange switched off, as 'Compare without communication' would (for --compare)."""
+    widget.run_blocking(kind="compare", region=widget.current_view_region(), timeout_s=timeout_s)
+
+
 def _show_canvas_centre(viewer) -> None:
     """Zoom onto about 24 x 24 subdomains in the middle of the gigapixel canvas (only those chunks render)."""
     from napari_ddunet.core.data.samples import HUGE_SIZE
@@ -132,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         if args.segment:
             press_run(widget)
         if args.compare:
-            widget.run_blocking(kind="compare", region=widget.current_view_region())
+            press_compare(widget)
         if args.screenshot is None and not args.no_run:
             napari.run()
             return 0
