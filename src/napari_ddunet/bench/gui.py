@@ -46,8 +46,8 @@ class GuiReport:
     widget_cpu_s: float = 0.0
     gui_thread_cpu_s: float = 0.0
     refresh_s: float = 0.0
-    #: the live refresher's measured cost of one refresh (re-slice plus paint: the GUI thread's stall), median
-    #: of the run's last five, and the spacing it chose from it (plugin/live.RefreshPacer)
+    #: the live display's measured cost of one tick (progress repaint, re-slice and paint: the GUI thread's
+    #: stall), median of the run's last five, and the spacing it chose from it (plugin/live.RefreshPacer)
     redraw_ms: float = 0.0
     refresh_interval_ms: float = 0.0
     #: CPU seconds per thread name during the widget's half, busiest first (Linux /proc; empty elsewhere).
@@ -251,7 +251,7 @@ def format_report(report: GuiReport) -> str:
         f"median {report.median_gap_ms:.0f} ms (probe every {TICK_MS} ms)",
         f"progress events {report.progress_events}, layer refreshes {report.layer_refreshes} "
         f"({report.refresh_s:.1f} s on the GUI thread)",
-        f"one refresh stalls the GUI {report.redraw_ms:.0f} ms: refreshed every {report.refresh_interval_ms:.0f} ms",
+        f"one display tick stalls the GUI {report.redraw_ms:.0f} ms: a tick every {report.refresh_interval_ms:.0f} ms",
         f"CPU seconds: headless {report.headless_cpu_s:.1f}, widget {report.widget_cpu_s:.1f} "
         f"(GUI thread {report.gui_thread_cpu_s:.1f})",
         "widget half, CPU s per thread: " + ", ".join(f"{k} {v:.1f}" for k, v in list(report.thread_cpu_s.items())[:8]),

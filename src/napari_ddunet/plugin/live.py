@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-#: Shortest spacing of two live refreshes (seconds): what a user sees as "filling in" on a fast GPU canvas.
+#: Shortest spacing of two live display ticks (seconds): what a user sees as "filling in" on a GPU canvas.
 SHORTEST_REFRESH_S = 0.4
 #: Longest spacing (seconds): however slow the canvas, the view never looks frozen for longer.
 LONGEST_REFRESH_S = 5.0
-#: Share of the run's wall time that live redraws may take from the GUI thread.
+#: Share of the run's wall time that live display ticks may take from the GUI thread.
 REDRAW_SHARE = 0.05
 #: Above this many pixels on a side, in-memory labels get strided levels, so a zoomed-out view redraws
 #: a small level instead of re-uploading the whole array on every refresh.
@@ -58,19 +58,19 @@ class StridedView:
 
 @dataclass
 class RefreshPacer:
-    """Spaces the live refreshes by what each one costs to draw, so the canvas takes a bounded share of a run.
+    """Spaces the live display's ticks by what each one costs, so redraws take a bounded share of a run.
 
-    A refresh makes napari re-slice the labels and the canvas redraw every layer. On a GPU that takes a
-    few milliseconds and refreshes come every :data:`SHORTEST_REFRESH_S`. Without one (Xvfb, Mesa's
-    llvmpipe) the redraw rasterises on the CPU, about 0.1 s on the GUI thread and twice that in CPU
-    on the rasteriser's threads for the Blue Marble view, taken from the engine's cores: there the
-    refreshes space out to ``cost / share`` (docs/benchmarks.md, bench --gui).
+    A tick repaints the progress bar and refreshes the labels: napari re-slices them and the window is
+    redrawn. On a GPU that takes a few milliseconds and ticks come every :data:`SHORTEST_REFRESH_S`.
+    Without one (Xvfb, Mesa's llvmpipe) the drawing runs on the CPU, taken from the engine's cores, and
+    a tick stalls the GUI thread for tens of milliseconds (20-33 ms for the Blue Marble view on the
+    2-core VM): there ticks space out to ``cost / share`` (docs/benchmarks.md, bench --gui).
     """
 
     shortest_s: float = SHORTEST_REFRESH_S
     longest_s: float = LONGEST_REFRESH_S
     share: float = REDRAW_SHARE
-    #: measured cost of each refresh so far (seconds of GUI-thread stall)
+    #: measured cost of each tick so far (seconds of GUI-thread stall)
     costs: list[float] = field(default_factory=list)
 
     def record(self, seconds: float) -> None:
@@ -78,11 +78,11 @@ class RefreshPacer:
 
     @property
     def cost_s(self) -> float:
-        """The recent cost: the median of the last five refreshes, so one slow frame does not stall the view."""
+        """The recent cost: the median of the last five ticks, so one slow frame does not stall the view."""
         return float(np.median(self.costs[-5:])) if self.costs else 0.0
 
     def interval_s(self) -> float:
-        """How long after a refresh starts the next one may start."""
+        """How long after a tick starts the next one may start."""
         return min(self.longest_s, max(self.shortest_s, self.cost_s / self.share))
 
 
