@@ -114,8 +114,9 @@ def _show_lake(viewer, image_layer) -> None:
     """Zoom onto the Caspian Sea (held out from training): lake against ocean is what the exchange decides there."""
     from napari_ddunet.core.data.bluemarble import CASPIAN_VIEW, box_pixels
     from napari_ddunet.plugin.live import camera_of
+    from napari_ddunet.plugin.widget.dock import image_shape
 
-    height, width = image_layer.data.shape[:2]
+    height, width = image_shape(image_layer)[:2]
     top, bottom, left, right = box_pixels((height, width), CASPIAN_VIEW)
     camera = camera_of(viewer)  # reset_view has fitted the whole globe
     camera.center = ((top + bottom) / 2.0, (left + right) / 2.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,15 +64,15 @@ class RefreshPacer:
     A tick repaints the progress bar and refreshes the labels: napari re-slices them and the window is
     redrawn. On a GPU that takes a few milliseconds and ticks come every :data:`SHORTEST_REFRESH_S`.
     Without one (Xvfb, Mesa's llvmpipe) the drawing runs on the CPU, taken from the engine's cores, and
-    a tick stalls the GUI thread for tens of milliseconds (20-33 ms for the Blue Marble view on the
+    a tick stalls the GUI thread for tens of milliseconds (20-43 ms for the Blue Marble view on the
     2-core VM): there ticks space out to ``cost / share`` (docs/benchmarks.md, bench --gui).
     """
 
     shortest_s: float = SHORTEST_REFRESH_S
     longest_s: float = LONGEST_REFRESH_S
     share: float = REDRAW_SHARE
-    #: measured cost of each tick so far (seconds of GUI-thread stall)
-    costs: list[float] = field(default_factory=list)
+    #: measured cost of the last five ticks (seconds of GUI-thread stall)
+    costs: deque[float] = field(default_factory=lambda: deque(maxlen=5))
 
     def record(self, seconds: float) -> None:
         self.costs.append(max(0.0, float(seconds)))
@@ -79,7 +80,7 @@ class RefreshPacer:
     @property
     def cost_s(self) -> float:
         """The recent cost: the median of the last five ticks, so one slow frame does not stall the view."""
-        return float(np.median(self.costs[-5:])) if self.costs else 0.0
+        return float(np.median(self.costs)) if self.costs else 0.0
 
     def interval_s(self) -> float:
         """How long after a tick starts the next one may start."""
